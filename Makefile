@@ -1,0 +1,40 @@
+# dicombox: build, run and test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv peers lint bench image image-test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	  echo "installing python3-venv"; \
+	  $$( [ "$$(id -u)" -ne 0 ] && echo sudo ) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" -ne 0 ] && echo sudo ) apt-get install -y -qq python3-venv >/dev/null; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Run every service in the foreground on the embedded default configuration.
+run: $(STAMP)
+	$(BIN)/dicombox --config embedded serve all
+
+peers:
+	scripts/install-peers.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+## Install what the tests need (venv, real peers) and run the test suite.
+test: $(STAMP) peers lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP) peers
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var build dist *.egg-info

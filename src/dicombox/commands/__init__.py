@@ -1,0 +1,1 @@
+"""Sub-commands of ``dicombox`` that read the services' state."""

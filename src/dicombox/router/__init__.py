@@ -1,0 +1,1 @@
+"""The router: receives from modalities, spools durably, forwards by rules."""

@@ -1,0 +1,389 @@
+"""The instance spool and its index.
+
+Layout under ``<state_dir>/<service>/``::
+
+    tmp/                      incoming data (same file system: rename, not copy)
+    spool/<study>/<sop>_<token>.dcm
+    index.db                  SQLite: instances, service state, queues of the service
+    clean-shutdown            present only after a graceful stop
+
+Directory and file names come from UIDs with everything but digits and dots
+replaced (never from patient data); the random token means a replacement
+never overwrites the file a committed row points at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .db import Database, Migration
+from .fsutil import fsync_dir, makedirs_durable
+
+LOGGER = logging.getLogger("dicombox.store")
+
+MIGRATIONS = [
+    Migration("instances-1", """
+        CREATE TABLE instances (
+            id INTEGER PRIMARY KEY,
+            sop_instance_uid TEXT NOT NULL UNIQUE,
+            sop_class_uid TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL,
+            series_instance_uid TEXT NOT NULL,
+            patient_id TEXT NOT NULL DEFAULT '',
+            patient_name TEXT NOT NULL DEFAULT '',
+            patient_birth_date TEXT NOT NULL DEFAULT '',
+            patient_sex TEXT NOT NULL DEFAULT '',
+            study_date TEXT NOT NULL DEFAULT '',
+            study_time TEXT NOT NULL DEFAULT '',
+            study_id TEXT NOT NULL DEFAULT '',
+            study_description TEXT NOT NULL DEFAULT '',
+            accession_number TEXT NOT NULL DEFAULT '',
+            modality TEXT NOT NULL DEFAULT '',
+            series_number TEXT NOT NULL DEFAULT '',
+            series_description TEXT NOT NULL DEFAULT '',
+            instance_number TEXT NOT NULL DEFAULT '',
+            institution_name TEXT NOT NULL DEFAULT '',
+            body_part_examined TEXT NOT NULL DEFAULT '',
+            specific_character_set TEXT NOT NULL DEFAULT '',
+            transfer_syntax_uid TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            path TEXT NOT NULL,
+            calling_aet TEXT NOT NULL DEFAULT '',
+            called_aet TEXT NOT NULL DEFAULT '',
+            peer_address TEXT NOT NULL DEFAULT '',
+            received_at REAL NOT NULL
+        );
+        CREATE INDEX instances_study ON instances(study_instance_uid);
+        CREATE INDEX instances_patient ON instances(patient_id);
+        CREATE INDEX instances_received ON instances(received_at);
+        CREATE INDEX instances_path ON instances(path);
+        CREATE TABLE service_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )
+    """),
+]
+
+_NOT_UID = re.compile(r"[^0-9.]")
+
+
+def sanitise_uid(uid: str) -> str:
+    """A file-name-safe form of a UID: digits and dots only, at most 64 characters."""
+    cleaned = _NOT_UID.sub("_", uid.strip().rstrip("\0"))[:64]
+    if not cleaned or cleaned in (".", ".."):
+        cleaned = "_"
+    return cleaned
+
+
+class DatasetError(ValueError):
+    """The received data cannot be decoded as a DICOM dataset."""
+
+
+class OutOfSpace(OSError):
+    """Free space is below the configured reserve."""
+
+
+class DuplicateKept(Exception):
+    """The instance was already stored and the policy keeps the first copy."""
+
+
+@dataclass
+class InstanceInfo:
+    """The identifying attributes indexed for every instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_id: str = ""
+    study_description: str = ""
+    accession_number: str = ""
+    modality: str = ""
+    series_number: str = ""
+    series_description: str = ""
+    instance_number: str = ""
+    institution_name: str = ""
+    body_part_examined: str = ""
+    specific_character_set: str = ""
+    size: int = 0
+    sha256: str = ""
+    path: str = ""
+    calling_aet: str = ""
+    called_aet: str = ""
+    peer_address: str = ""
+    received_at: float = 0.0
+
+
+_INFO_FIELDS = [f.name for f in fields(InstanceInfo)]
+_HEADER_TAGS = {
+    "patient_id": "PatientID", "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate", "patient_sex": "PatientSex",
+    "study_date": "StudyDate", "study_time": "StudyTime", "study_id": "StudyID",
+    "study_description": "StudyDescription", "accession_number": "AccessionNumber",
+    "modality": "Modality", "series_number": "SeriesNumber",
+    "series_description": "SeriesDescription", "instance_number": "InstanceNumber",
+    "institution_name": "InstitutionName", "body_part_examined": "BodyPartExamined",
+}
+
+
+def read_header(path: Path) -> tuple[dict, object]:
+    """Parse a Part 10 file's header up to the pixel data.
+
+    Returns the indexed attributes and the pydicom dataset (without pixel
+    data).  Raises :class:`DatasetError` when the file cannot be decoded.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        values = {"sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
+                  "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
+                  "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+                  "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or "")}
+        for name, keyword in _HEADER_TAGS.items():
+            value = ds.get(keyword, "")
+            values[name] = "" if value is None else str(value)
+        cs = ds.get("SpecificCharacterSet", "")
+        values["specific_character_set"] = "\\".join(cs) if isinstance(cs, list) else str(cs or "")
+        values["transfer_syntax_uid"] = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+            OSError, OverflowError, NotImplementedError, LookupError) as exc:
+        raise DatasetError(f"cannot decode the dataset: {exc}") from exc
+    return values, ds
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+class InstanceStore:
+    """The spool and index of one service (``router``, ``media``…)."""
+
+    def __init__(self, state_dir: Path, name: str, reserve_bytes: int = 0,
+                 duplicates: str = "replace", migrations: Sequence[Migration] = ()):
+        self.root = Path(state_dir) / name
+        self.name = name
+        self.spool_dir = self.root / "spool"
+        self.tmp_dir = self.root / "tmp"
+        self.reserve_bytes = reserve_bytes
+        self.duplicates = duplicates
+        makedirs_durable(self.spool_dir)
+        makedirs_durable(self.tmp_dir)
+        self._clean_marker = self.root / "clean-shutdown"
+        self._fresh = not (self.root / "index.db").exists()
+        self.db = Database(self.root / "index.db", [*MIGRATIONS, *migrations])
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def recover(self) -> dict:
+        """Remove what an interrupted run left behind; return what was done.
+
+        Temporary files are never acknowledged data and are removed.  After
+        an unclean stop, spool files that no committed row points at (renamed
+        but not yet indexed when the process died) are removed too: they
+        were never acknowledged either.
+        """
+        removed_tmp = 0
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed_tmp += 1
+            except FileNotFoundError:
+                pass
+        orphans = 0
+        clean = self._clean_marker.exists() or self._fresh
+        if not clean:
+            orphans = self._remove_orphans()
+        elif self._clean_marker.exists():
+            os.unlink(self._clean_marker)
+            fsync_dir(self.root)
+        if removed_tmp or orphans:
+            LOGGER.warning("%s: recovery removed %d temporary and %d unindexed files",
+                           self.name, removed_tmp, orphans)
+        return {"temporary": removed_tmp, "orphans": orphans, "clean": clean}
+
+    def _remove_orphans(self) -> int:
+        removed = 0
+        for study in os.scandir(self.spool_dir):
+            if not study.is_dir(follow_symlinks=False):
+                continue
+            prefix = study.name + "/"
+            known = {r[0] for r in self.db.query(
+                "SELECT path FROM instances WHERE path >= ? AND path < ?",
+                (prefix, study.name + "0"))}
+            for entry in os.scandir(study.path):
+                rel = prefix + entry.name
+                if rel not in known:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def mark_clean(self) -> None:
+        self._clean_marker.touch()
+        fsync_dir(self.root)
+
+    def close(self, clean: bool = True) -> None:
+        if clean:
+            self.mark_clean()
+        self.db.close()
+
+    # -- receiving -------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def check_space(self, incoming: int = 0) -> None:
+        free = self.free_bytes()
+        if free - incoming < self.reserve_bytes:
+            raise OutOfSpace(
+                f"{free // (1024 * 1024)} MB free, reserve is "
+                f"{self.reserve_bytes // (1024 * 1024)} MB")
+
+    def path_of(self, info_or_path) -> Path:
+        rel = info_or_path if isinstance(info_or_path, str) else info_or_path["path"]
+        return self.spool_dir / rel
+
+    def ingest(self, tmp_path: Path, info: InstanceInfo,
+               in_transaction: Callable | None = None) -> InstanceInfo:
+        """Make the received file at ``tmp_path`` durable and indexed.
+
+        ``info`` must carry the identifying attributes; size, checksum, path
+        and time are filled in here.  ``in_transaction(conn, instance_id,
+        replaced)`` runs inside the committing transaction (routing uses it
+        to queue the instance atomically with its row).  Raises
+        :class:`DuplicateKept` when the policy keeps an existing copy.
+        """
+        tmp_path = Path(tmp_path)
+        existing = self.db.query_one(
+            "SELECT path FROM instances WHERE sop_instance_uid = ?", (info.sop_instance_uid,))
+        if existing is not None and self.duplicates == "keep":
+            os.unlink(tmp_path)
+            raise DuplicateKept(info.sop_instance_uid)
+        info.sha256, info.size = file_digest(tmp_path)
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        study_dir = self.spool_dir / sanitise_uid(info.study_instance_uid)
+        if not study_dir.exists():
+            makedirs_durable(study_dir)
+        name = f"{sanitise_uid(info.sop_instance_uid)}_{secrets.token_hex(4)}.dcm"
+        dest = study_dir / name
+        os.rename(tmp_path, dest)
+        fsync_dir(study_dir)
+        info.path = f"{study_dir.name}/{name}"
+        info.received_at = info.received_at or time.time()
+        values = asdict(info)
+        old_path = None
+        try:
+            with self.db.write() as conn:
+                row = conn.execute(
+                    "SELECT id, path FROM instances WHERE sop_instance_uid = ?",
+                    (info.sop_instance_uid,)).fetchone()
+                if row is None:
+                    cols = ", ".join(_INFO_FIELDS)
+                    marks = ", ".join("?" for _ in _INFO_FIELDS)
+                    cur = conn.execute(f"INSERT INTO instances ({cols}) VALUES ({marks})",
+                                       [values[c] for c in _INFO_FIELDS])
+                    instance_id = cur.lastrowid
+                else:
+                    instance_id, old_path = row["id"], row["path"]
+                    sets = ", ".join(f"{c} = ?" for c in _INFO_FIELDS)
+                    conn.execute(f"UPDATE instances SET {sets} WHERE id = ?",
+                                 [values[c] for c in _INFO_FIELDS] + [instance_id])
+                if in_transaction is not None:
+                    in_transaction(conn, instance_id, old_path is not None)
+        except BaseException:
+            try:
+                os.unlink(dest)
+            except FileNotFoundError:
+                pass
+            raise
+        if old_path and old_path != info.path:
+            try:
+                os.unlink(self.spool_dir / old_path)
+            except FileNotFoundError:
+                pass
+        return info
+
+    # -- reading -----------------------------------------------------------------
+
+    def get(self, sop_instance_uid: str):
+        return self.db.query_one("SELECT * FROM instances WHERE sop_instance_uid = ?",
+                                 (sop_instance_uid,))
+
+    def search(self, patient: str | None = None, study: str | None = None,
+               calling_aet: str | None = None, since: float | None = None,
+               until: float | None = None, limit: int | None = None):
+        where, params = [], []
+        if patient:
+            where.append("(patient_id LIKE ? OR patient_name LIKE ?)")
+            params += [_like(patient), _like(patient)]
+        if study:
+            where.append("(study_instance_uid = ? OR accession_number = ?)")
+            params += [study, study]
+        if calling_aet:
+            where.append("calling_aet = ?")
+            params.append(calling_aet)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("received_at < ?")
+            params.append(until)
+        sql = "SELECT * FROM instances"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY received_at, id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self.db.query(sql, params)
+
+    def totals(self) -> dict:
+        row = self.db.query_one(
+            "SELECT COUNT(*) AS instances, COALESCE(SUM(size), 0) AS bytes, "
+            "COUNT(DISTINCT study_instance_uid) AS studies FROM instances")
+        return dict(row)
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("INSERT INTO service_state VALUES (?, ?, ?) ON CONFLICT(key) "
+                         "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                         (key, value, time.time()))
+
+
+def _like(text: str) -> str:
+    return text.replace("*", "%") if "*" in text else f"%{text}%"

@@ -1,0 +1,31 @@
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import BoxProcess, write_config  # noqa: E402
+
+
+def require(*tools):
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing test peers: {', '.join(missing)} (run scripts/install-peers.sh)")
+
+
+@pytest.fixture
+def box(tmp_path):
+    """Start services of the box for real; every process is stopped in teardown."""
+    started: list[BoxProcess] = []
+
+    def start(service="router", config=None, wait=True, **sections):
+        cfg = config or write_config(tmp_path, **sections)
+        proc = BoxProcess(service, cfg)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for p in started:
+        p.stop(timeout=30)
