@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from . import commit, forwarding, media, mpps, panel
+from .commit import CommitmentSection, RemoteAE
 from .core import BoxSection, NetworkSection, StorageSection
+from .forwarding import CleanupSection, Destination, ForwardingSection, Rule
 from .media import MediaSection
 from .mpps import MppsSection
 from .panel import PanelSection
@@ -37,6 +40,12 @@ class Config:
     mpps: MppsSection = field(default_factory=MppsSection)
     media: MediaSection = field(default_factory=MediaSection)
     panel: PanelSection = field(default_factory=PanelSection)
+    destinations: tuple[Destination, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    forwarding: ForwardingSection = field(default_factory=ForwardingSection)
+    cleanup: CleanupSection = field(default_factory=CleanupSection)
+    commitment: CommitmentSection = field(default_factory=CommitmentSection)
+    remote_aes: tuple[RemoteAE, ...] = ()
     #: Where this configuration was read from (a path or "embedded").
     source: str = field(default=EMBEDDED, compare=False)
 
@@ -59,6 +68,8 @@ class Config:
                                   f"port {section.port} is already used by {seen[section.port]}")
             seen[section.port] = name
         _check_state_dir(self.box.state_dir)
+        for module in (forwarding, commit, mpps, media, panel):
+            module.validate_config(self)
 
 
 def _check_state_dir(path: Path) -> None:

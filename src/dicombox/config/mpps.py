@@ -16,3 +16,7 @@ class MppsSection:
     allowed_calling_aets: tuple[str, ...] = setting((), check=check_ae_titles)
     allowed_peers: tuple[str, ...] = setting((), check=check_networks)
     max_associations: int = setting(10, min=1, max=500)
+
+
+def validate_config(config) -> None:
+    """Checks across sections."""

@@ -10,3 +10,7 @@ from .schema import setting
 @dataclass(frozen=True)
 class PanelSection:
     enabled: bool = setting(True, doc="run the panel service")
+
+
+def validate_config(config) -> None:
+    """Checks across sections."""

@@ -9,6 +9,7 @@ from the spool and index on disk.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -26,6 +27,56 @@ LOGGER = logging.getLogger("dicombox.router")
 
 #: Temporary files older than this belong to associations that died mid-transfer.
 STALE_TMP_SECONDS = 3600
+
+
+#: Parts of the router that plug into its AE, its store transaction and its
+#: workers ("module:Class"; each class follows :class:`RouterComponent`).
+COMPONENTS: list[str] = [
+]
+
+
+class RouterComponent:
+    """A part of the router served on its AE (forwarding, storage commitment…).
+
+    Constructed with the :class:`RouterService` once the store is open and
+    before the listener starts.  Every method has a harmless default.
+    """
+
+    name = "component"
+    #: Tables this component keeps in the router's index database.
+    migrations: list = []
+
+    def __init__(self, service: RouterService):
+        self.service = service
+
+    def contexts(self) -> list:
+        """Extra presentation contexts the router's AE supports."""
+        return []
+
+    def handlers(self) -> list:
+        """Extra pynetdicom event handlers bound to the router's listener."""
+        return []
+
+    def on_stored(self, conn, instance_id: int, replaced: bool, info) -> None:
+        """Runs inside the transaction that commits a received instance."""
+
+    def workers(self) -> list[Worker]:
+        return []
+
+    def snapshot(self) -> dict:
+        """State published for `dicombox status` and the panel."""
+        return {}
+
+    def stop(self) -> None:
+        """Called after the listener and workers stopped, before the store closes."""
+
+
+def load_components(names=None) -> list[type]:
+    classes = []
+    for spec in COMPONENTS if names is None else names:
+        module, _, cls = spec.partition(":")
+        classes.append(getattr(importlib.import_module(module), cls))
+    return classes
 
 
 def accepted_sop_classes(config: Config) -> list[str]:
@@ -76,36 +127,56 @@ class RouterService(Service):
         self.listener: Listener | None = None
         self.scp: StorageSCP | None = None
         self.workers: list[Worker] = []
+        self.components: list[RouterComponent] = []
         self.started_at = time.time()
 
     def start(self) -> None:
         cfg = self.config
+        classes = load_components()
+        migrations = [m for c in classes for m in c.migrations]
         self.store = InstanceStore(cfg.box.state_dir, "router",
                                    reserve_bytes=cfg.storage.reserve_mb * 1024 * 1024,
-                                   duplicates=cfg.storage.duplicates)
+                                   duplicates=cfg.storage.duplicates, migrations=migrations)
         recovered = self.store.recover()
         if not recovered["clean"]:
             LOGGER.warning("router: previous run did not stop cleanly; spool checked")
         enable_streaming(self.store.tmp_dir)
-        self.scp = StorageSCP(self.store, set(accepted_sop_classes(cfg)))
+        self.components = [c(self) for c in classes]
+        self.scp = StorageSCP(self.store, set(accepted_sop_classes(cfg)),
+                              on_stored=self._on_stored)
         ae = make_ae(cfg.router.ae_title, cfg.network, cfg.router.max_associations)
-        ae.supported_contexts = router_contexts(cfg)
+        contexts = router_contexts(cfg)
+        for comp in self.components:
+            contexts += comp.contexts()
+        ae.supported_contexts = contexts
         policy = AssociationPolicy(cfg.router.ae_title, cfg.router.allowed_calling_aets,
                                    cfg.router.allowed_peers)
-        self.listener = Listener(ae, cfg.box.listen_address, self.port, policy,
-                                 self.scp.handlers())
+        handlers = self.scp.handlers()
+        for comp in self.components:
+            handlers += comp.handlers()
+        self.listener = Listener(ae, cfg.box.listen_address, self.port, policy, handlers)
         self.workers = [Housekeeper(self)]
+        for comp in self.components:
+            self.workers += comp.workers()
         for w in self.workers:
             w.start()
         self.listener.start()
         self.port = self.listener.port
+
+    def _on_stored(self, conn, instance_id, replaced, info) -> None:
+        for comp in self.components:
+            comp.on_stored(conn, instance_id, replaced, info)
 
     def healthy(self) -> bool:
         return all(w.is_alive() for w in self.workers)
 
     def snapshot(self) -> dict:
         scp = self.scp
+        extra = {}
+        for comp in self.components:
+            extra[comp.name] = comp.snapshot()
         return {
+            **extra,
             "pid": os.getpid(),
             "ae_title": self.config.router.ae_title,
             "address": self.config.box.listen_address,
@@ -139,6 +210,8 @@ class RouterService(Service):
             self.listener.stop()
         for w in reversed(self.workers):
             w.stop()
+        for comp in reversed(self.components):
+            comp.stop()
         if self.store is not None:
             self.store.set_state("router", json.dumps({**self.snapshot(), "stopped": True}))
             self.store.close(clean=True)
