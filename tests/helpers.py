@@ -84,7 +84,9 @@ class BoxProcess:
     """One ``dicombox serve SERVICE`` process, started for real."""
 
     def __init__(self, service: str, config: Path, port: int | None = None,
-                 log: Path | None = None, env: dict | None = None):
+                 log: Path | None = None, env: dict | None = None,
+                 prefix: list[str] | None = None):
+        self.prefix = prefix or []  # e.g. NetNS.prefix() to run inside a namespace
         self.service = service
         self.config = Path(config)
         self.port = port
@@ -98,7 +100,7 @@ class BoxProcess:
         env = dict(os.environ, NOTIFY_SOCKET=self.notify.path, **self.env)
         if watchdog_usec:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
-        args = [*DICOMBOX, "--config", str(self.config), "serve", self.service]
+        args = [*self.prefix, *DICOMBOX, "--config", str(self.config), "serve", self.service]
         if self.port is not None:
             args += ["--port", str(self.port)]
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in _cleanup

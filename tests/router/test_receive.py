@@ -4,10 +4,11 @@ import hashlib
 import sqlite3
 
 import pytest
+from pydicom import dcmread
+
 from conftest import require
 from datagen import compress, cr_image, ct_series, dataset_bytes, sr_document
 from helpers import dcmtk
-from pydicom import dcmread
 
 
 @pytest.fixture(scope="module")
