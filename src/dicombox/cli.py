@@ -19,6 +19,7 @@ from .config import ConfigError
 #: service name -> "module:Class"; `serve all` runs those enabled in the config.
 SERVICES = {
     "router": "dicombox.router.service:RouterService",
+    "panel": "dicombox.panel.service:PanelService",
 }
 
 #: Modules that add sub-commands: each has ``register(subparsers)``.
@@ -36,13 +37,35 @@ class CliError(Exception):
         self.code = code
 
 
+class OneLineLibraryErrors(logging.Filter):
+    """Library errors caused by what a peer sent (undecodable PDUs, bad values)
+    are logged as one line: the peer's garbage is not the box's failure and
+    must not fill the journal with tracebacks.  The box's own loggers keep
+    their tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("pynetdicom", "pydicom")):
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
-    logging.getLogger("pynetdicom").setLevel(
-        logging.INFO if level == "debug" else logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineLibraryErrors())
+    for name in ("pynetdicom", "pydicom"):
+        logging.getLogger(name).setLevel(logging.INFO if level == "debug" else logging.WARNING)
+    import warnings
+    warnings.filterwarnings("ignore", module="pydicom")
 
 
 def load_config(path) -> config_mod.Config:

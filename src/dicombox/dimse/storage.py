@@ -72,6 +72,19 @@ class InFlight:
         return self._count
 
 
+def register_storage_classes(uids) -> None:
+    """Make pynetdicom serve C-STORE for SOP classes it does not know
+    (configured private classes, and retired ones it dropped)."""
+    from pynetdicom import sop_class
+    from pynetdicom.service_class import StorageServiceClass
+
+    for uid in uids:
+        if sop_class.uid_to_service_class(uid) is not StorageServiceClass:
+            keyword = "DicomboxStorage_" + uid.replace(".", "_")
+            if not hasattr(sop_class, keyword):
+                sop_class.register_uid(uid, keyword, StorageServiceClass)
+
+
 class StorageSCP:
     """EVT_C_STORE and EVT_C_ECHO handlers writing into an :class:`InstanceStore`.
 
@@ -85,6 +98,7 @@ class StorageSCP:
                  after_stored: Callable[[InstanceInfo], None] | None = None):
         self.store = store
         self.accepted = accepted_sop_classes
+        register_storage_classes(sorted(accepted_sop_classes))
         self.on_stored = on_stored
         self.after_stored = after_stored
         self.inflight = InFlight()
