@@ -12,6 +12,7 @@ PACKAGES=(
   systemd systemd-container iproute2 util-linux procps
   nodejs npm
   e2fsprogs fdisk
+  mmdebstrap qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support arch-test
 )
 
 SUDO=""
