@@ -95,16 +95,28 @@ class Housekeeper(Worker):
     """Publishes the router's state for `dicombox status` and the panel, and
     removes temporary files left by associations that died mid-transfer."""
 
-    def __init__(self, service: RouterService, interval: float = 5.0):
+    #: Publish at least this often, so that readers can tell a live service
+    #: from one that died (they treat 20 s without an update as down).
+    HEARTBEAT = 10.0
+
+    def __init__(self, service: RouterService, interval: float = 1.0):
         super().__init__("router-housekeeper")
         self.service = service
         self.interval = interval
         self._last_sweep = 0.0
+        self._last_published: tuple[float, str] = (0.0, "")
 
     def step(self) -> float:
         svc = self.service
-        svc.store.set_state("router", json.dumps(svc.snapshot()))
         now = time.time()
+        snap = svc.snapshot()
+        key = json.dumps({k: v for k, v in snap.items() if k not in ("updated_at", "free_bytes")},
+                         sort_keys=True, default=str)
+        # Publish on change (the panel shows associations as they open) or as a
+        # heartbeat; not every second, to spare the SD card.
+        if key != self._last_published[1] or now - self._last_published[0] > self.HEARTBEAT:
+            svc.store.set_state("router", json.dumps(snap, default=str))
+            self._last_published = (now, key)
         if now - self._last_sweep > 300:
             self._last_sweep = now
             for entry in os.scandir(svc.store.tmp_dir):
