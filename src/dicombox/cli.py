@@ -19,6 +19,7 @@ from .config import ConfigError
 #: service name -> "module:Class"; `serve all` runs those enabled in the config.
 SERVICES = {
     "router": "dicombox.router.service:RouterService",
+    "mpps": "dicombox.mpps.service:MppsService",
     "panel": "dicombox.panel.service:PanelService",
 }
 
@@ -26,6 +27,7 @@ SERVICES = {
 COMMAND_MODULES = [
     "dicombox.commands.spool",
     "dicombox.commands.status",
+    "dicombox.commands.mpps",
 ]
 
 
