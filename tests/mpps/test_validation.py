@@ -3,9 +3,9 @@
 import sqlite3
 
 import pytest
+from mppskit import mpps_port, n_create, n_set_completed, send_mpps, series_item
 from pydicom.dataset import Dataset
 
-from conftest import mpps_port, n_create, n_set_completed, send_mpps, series_item
 from dicombox.mpps import model
 
 UID = "1.2.826.0.1.3680043.8.498.100"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, DICOMBOX, free_port
+from helpers import DICOMBOX, REPO, free_port
 
 PEERS = REPO / "tests" / "peers"
 MPPS_CLASS = "1.2.840.10008.3.1.2.3.3"
@@ -90,8 +90,8 @@ class MppsPeer:
             self._out = None
 
 
-@pytest.fixture
-def mpps_peers():
+@pytest.fixture(name="mpps_peers")
+def mpps_peers_fixture():
     """Start MPPS SCP peers; every one is stopped in teardown."""
     require_node_peers()
     started: list[MppsPeer] = []
@@ -121,6 +121,18 @@ def send_mpps(port: int, script: list[dict], workdir: Path, ns=None, called="DIC
     return [json.loads(line) if line != "null" else None for line in r.stdout.splitlines()]
 
 
+def plain(value):
+    """A dcmjs naturalized value without its bookkeeping (``_vrMap``), person names
+    as strings."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items() if k != "_vrMap"}
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], dict) and set(value[0]) == {"Alphabetic"}:
+            return value[0]["Alphabetic"]
+        return [plain(v) for v in value]
+    return value
+
+
 def cli(config: Path, *args, ns=None) -> subprocess.CompletedProcess:
     return subprocess.run([*DICOMBOX, "--config", str(config), *args], capture_output=True,
                           text=True, timeout=60)
@@ -132,7 +144,8 @@ def n_create(study_uid: str = "1.2.826.0.1.3680043.8.498.1", accession: str = "A
              patient_id: str = "PID1", **override) -> dict:
     """A complete N-CREATE Attribute List (IN PROGRESS), Table F.7.2-1."""
     ds = {
-        "SpecificCharacterSet": "ISO_IR 100",
+        # dcmjs encodes text as UTF-8 whatever the dataset says: declare it.
+        "SpecificCharacterSet": "ISO_IR 192",
         "ScheduledStepAttributesSequence": [{
             "StudyInstanceUID": study_uid,
             "ReferencedStudySequence": [],
@@ -171,7 +184,7 @@ def n_create(study_uid: str = "1.2.826.0.1.3680043.8.498.1", accession: str = "A
 
 def series_item(series_uid: str, instances: list[tuple[str, str]]) -> dict:
     return {
-        "PerformingPhysicianName": "",
+        "PerformingPhysicianName": "DR^WHO",
         "ProtocolName": "CHEST",
         "OperatorsName": "TECH^ONE",
         "SeriesInstanceUID": series_uid,
