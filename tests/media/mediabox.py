@@ -1,0 +1,168 @@
+"""Helpers for the media service's tests: a umockdev test bed, job polling, disc checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SYSTEM_PYTHON = "/usr/bin/python3"
+GI_PATH = "/usr/lib/python3/dist-packages"
+
+
+class UMockdevBed:
+    """A umockdev test bed in its own process (``umockdev-wrapper`` + python3-gi).
+
+    Processes that should see it get :meth:`env` in their environment.
+    """
+
+    def __init__(self):
+        env = dict(os.environ, PYTHONPATH=GI_PATH)
+        env.pop("UMOCKDEV_DIR", None)
+        self.proc = subprocess.Popen(
+            ["umockdev-wrapper", SYSTEM_PYTHON, str(HERE / "umockdev_driver.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.root = self._read()["root"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the umockdev driver exited")
+        return json.loads(line)
+
+    def _call(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def env(self) -> dict:
+        return {"UMOCKDEV_DIR": self.root, "LD_PRELOAD": "libumockdev-preload.so.0"}
+
+    # -- devices -----------------------------------------------------------------------
+
+    def add(self, subsystem: str, name: str, attrs: dict, props: dict, parent=None) -> str:
+        flat_attrs = [x for kv in attrs.items() for x in kv]
+        flat_props = [x for kv in props.items() for x in kv]
+        return self._call(op="add", subsystem=subsystem, name=name, parent=parent,
+                          attrs=flat_attrs, props=flat_props)["syspath"]
+
+    def add_cdrom(self, name: str = "sr0") -> str:
+        return self.add("block", name, {"removable": "1"},
+                        {"DEVNAME": f"/dev/{name}", "DEVTYPE": "disk", "ID_CDROM": "1",
+                         "ID_CDROM_CD_R": "1", "ID_CDROM_DVD_PLUS_R": "1"})
+
+    def insert_disc(self, syspath: str, state: str = "blank", kind: str = "CD_R") -> None:
+        """A disc goes into the drive: udev's change event with the media properties."""
+        self._call(op="set", syspath=syspath, props={
+            "ID_CDROM_MEDIA": "1", "ID_CDROM_MEDIA_STATE": state,
+            f"ID_CDROM_MEDIA_{kind}": "1"})
+        self._call(op="uevent", syspath=syspath, action="change")
+
+    def change(self, syspath: str) -> None:
+        self._call(op="uevent", syspath=syspath, action="change")
+
+    def add_usb_stick(self, name: str = "sdb1", fs_type: str = "vfat") -> str:
+        return self.add("block", name, {"partition": "1"},
+                        {"DEVNAME": f"/dev/{name}", "DEVTYPE": "partition", "ID_BUS": "usb",
+                         "ID_VENDOR": "Acme", "ID_MODEL": "Stick", "ID_FS_TYPE": fs_type,
+                         "ID_FS_USAGE": "filesystem", "ID_FS_LABEL": "PDI"})
+
+    def remove(self, syspath: str) -> None:
+        """The device goes away: udev's remove event, then the device itself."""
+        self._call(op="uevent", syspath=syspath, action="remove")
+        self._call(op="remove", syspath=syspath)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- the media index --------------------------------------------------------------------
+
+def index(state: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(Path(state) / "media" / "index.db", timeout=30)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def jobs(state: Path) -> list[dict]:
+    path = Path(state) / "media" / "index.db"
+    if not path.exists():
+        return []
+    conn = index(state)
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM media_jobs ORDER BY created_at, id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.05, what: str = "condition",
+             box=None):
+    """Poll ``predicate`` until it returns something truthy; fail with context."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if box is not None and box.proc is not None and box.proc.poll() is not None:
+            raise AssertionError(f"the service exited while waiting for {what}:\n"
+                                 + box.output()[-4000:])
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}"
+                         + (f":\n{box.output()[-4000:]}" if box is not None else ""))
+
+
+def wait_job(state: Path, states, timeout: float = 90, box=None, count: int = 1) -> list[dict]:
+    """Wait until ``count`` jobs are in one of ``states``; return them."""
+    states = (states,) if isinstance(states, str) else tuple(states)
+
+    def check():
+        found = [j for j in jobs(state) if j["state"] in states]
+        return found if len(found) >= count else None
+
+    return wait_for(check, timeout, what=f"{count} job(s) in {states}: {jobs(state)}", box=box)
+
+
+def log_of(state: Path, job_id: str) -> list[str]:
+    conn = index(state)
+    try:
+        return [f"{r['state']}: {r['message']}" for r in conn.execute(
+            "SELECT state, message FROM media_log WHERE job_id = ? ORDER BY id", (job_id,))]
+    finally:
+        conn.close()
+
+
+# -- discs -------------------------------------------------------------------------------
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract(image: Path, out: Path) -> Path:
+    """Read a disc (image or stdio: pseudo-drive file) back with xorriso -osirrox."""
+    out.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(image), "-extract", "/",
+                        str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
