@@ -12,6 +12,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from dicombox.config import load
+from dicombox.mpps import journal as mpps_journal
 from dicombox.store import InstanceStore
 from dicombox.store.db import Database, Migration
 
@@ -66,6 +67,9 @@ class BoxDisk:
                 self._router = InstanceStore(self.state_dir, "router", reserve_bytes=0,
                                              duplicates="replace", migrations=[])
                 self._dbs[service] = self._router.db
+            elif service == "mpps":
+                self._dbs[service] = Database(self.state_dir / service / "index.db",
+                                              mpps_journal.MIGRATIONS)
             else:
                 migrations = [MEDIA_SCHEMA] if service == "media" else [SERVICE_STATE]
                 self._dbs[service] = Database(self.state_dir / service / "index.db",
@@ -95,6 +99,18 @@ class BoxDisk:
                              "VALUES (1, 'PACS', 'dead')")
             conn.execute("INSERT INTO forward_queue (instance_id, destination, state) "
                          "VALUES (2, 'PACS', 'pending')")
+
+    def mpps_dead_delivery(self) -> None:
+        """A relayed N-CREATE that its destination refused for good."""
+        with self.db("mpps").write() as conn:
+            conn.execute("INSERT INTO steps (sop_instance_uid, state, dataset, created_at, "
+                         "updated_at) VALUES ('1.2.3', 'IN PROGRESS', x'', 0, 0)")
+            conn.execute("INSERT INTO messages (sop_instance_uid, seq, operation, dataset, "
+                         "state_after, received_at) "
+                         "VALUES ('1.2.3', 1, 'N-CREATE', x'', 'IN PROGRESS', 0)")
+            conn.execute("INSERT INTO deliveries (message_id, destination, sop_instance_uid, "
+                         "seq, state, next_attempt_at, created_at) "
+                         "VALUES (1, 'RIS', '1.2.3', 1, 'dead', 0, 0)")
 
     def job(self, job_id: str, state: str, at: float | None = None) -> None:
         now = time.time() if at is None else at

@@ -127,3 +127,24 @@ def test_press_shows_in_published_state(disk, panel, mock_factory):
     snap = svc.snapshot()
     assert snap["presses"][-1]["command"] == "burn"
     assert snap["gpio"] == "MockFactory"
+
+
+def test_leds_work_without_a_writable_state_dir(disk, panel_config, mock_factory, tmp_path):
+    """The panel's own publication is secondary: a state directory it cannot
+    write (here a path below a regular file) leaves the LEDs and button working."""
+    import dataclasses
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    config = panel_config(long_press=0.3)
+    config = dataclasses.replace(config, box=dataclasses.replace(
+        config.box, state_dir=blocker / "state"))
+    svc = PanelService(config, pin_factory=mock_factory)
+    svc.start()
+    try:
+        assert svc.db is None
+        assert wait_for(lambda: svc.renderer.current().get("power") == "blink")
+        record = press(mock_factory, svc)
+        assert "no media index" in record["error"]
+        assert svc.healthy()
+    finally:
+        svc.stop()

@@ -44,6 +44,7 @@ SCENARIOS = {
     "disk reserve": (lambda d: (up(d), d.publish("router", free_bytes=10, reserve_bytes=100)),
                      0, {"error": "blink"}),
     "dead letters": (lambda d: (up(d), d.dead_letter(2)), 0, {"error": "on"}),
+    "mpps dead letter": (lambda d: (up(d), d.mpps_dead_delivery()), 0, {"error": "on"}),
     "down beats disk and dead letters": (
         lambda d: (up(d), d.dead_letter(), d.publish("router", free_bytes=0),
                    d.publish("mpps", stopped=True)), 0, {"error": "fast"}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -74,6 +75,7 @@ class PanelService(Service):
         self.clock = clock
         self.hardware: PanelHardware | None = None
         self.db: Database | None = None
+        self._db_complained = False
         self.worker: PanelWorker | None = None
         self.state = BoxState()
         self.presses: list[dict] = []
@@ -96,13 +98,31 @@ class PanelService(Service):
 
     def start(self) -> None:
         cfg = self.config.panel
-        self.db = Database(self.config.box.state_dir / "panel" / "index.db", MIGRATIONS)
+        self._open_db()
         self.hardware = self._open_hardware(cfg.gpio)
         if self.hardware is not None:
             self.renderer.set_level = self.hardware.set_level
             self.hardware.on_press(self.on_press)
         self.worker = PanelWorker(self)
         self.worker.start()
+
+    def _open_db(self) -> Database | None:
+        """The panel's own index, where it publishes what the LEDs show.
+
+        Not being able to write it (a data partition that is missing or not
+        yet set up) must not keep the LEDs dark: the panel runs on and tries
+        again at the next publication.
+        """
+        if self.db is None:
+            try:
+                self.db = Database(self.config.box.state_dir / "panel" / "index.db",
+                                   MIGRATIONS)
+            except (OSError, sqlite3.Error) as exc:
+                if not self._db_complained:
+                    LOGGER.warning("panel: cannot write its state under %s: %s",
+                                   self.config.box.state_dir, exc)
+                    self._db_complained = True
+        return self.db
 
     def _open_hardware(self, mode: str) -> PanelHardware | None:
         if mode == "off":
@@ -137,6 +157,7 @@ class PanelService(Service):
             self.hardware.close()
         if self.db is not None:
             self.publish(stopped=True)
+        if self.db is not None:
             self.db.close()
             self.db = None
         self.reader.close()
@@ -157,15 +178,21 @@ class PanelService(Service):
         }
 
     def publish(self, stopped: bool = False) -> None:
-        if self.db is None:
+        if self._open_db() is None:
             return
         snap = self.snapshot()
         if stopped:
             snap["stopped"] = True
-        with self.db.write() as conn:
-            conn.execute("INSERT INTO service_state VALUES (?, ?, ?) ON CONFLICT(key) "
-                         "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                         ("panel", json.dumps(snap), self.clock()))
+        try:
+            with self.db.write() as conn:
+                conn.execute("INSERT INTO service_state VALUES (?, ?, ?) ON CONFLICT(key) DO "
+                             "UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                             ("panel", json.dumps(snap), self.clock()))
+        except sqlite3.Error as exc:
+            # A data partition remounted read-only, say: the LEDs matter more.
+            LOGGER.warning("panel: cannot publish its state: %s", exc)
+            self.db.close()
+            self.db = None
 
     # -- the button --------------------------------------------------------------
 

@@ -29,6 +29,8 @@ WATCHED_SERVICES = ("router", "mpps", "media")
 #: Where dead-letter items live: (service, table, SQL condition).
 DEAD_LETTER_SOURCES = (
     ("router", "forward_queue", "state = 'dead'"),
+    ("mpps", "deliveries", "state = 'dead'"),
+    ("mpps", "notifications", "state = 'dead'"),
 )
 
 #: media_jobs states, grouped by what the media LED shows.
