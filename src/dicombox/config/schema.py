@@ -41,6 +41,9 @@ def setting(default: Any = dataclasses.MISSING, *, doc: str = "", min: float | N
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (optional)"
     if tp is int:
         return "an integer"
     if tp is float:

@@ -32,6 +32,7 @@ STALE_TMP_SECONDS = 3600
 #: Parts of the router that plug into its AE, its store transaction and its
 #: workers ("module:Class"; each class follows :class:`RouterComponent`).
 COMPONENTS: list[str] = [
+    "dicombox.commit.scp:Commitment",
 ]
 
 
@@ -160,7 +161,11 @@ class RouterService(Service):
         contexts = router_contexts(cfg)
         for comp in self.components:
             contexts += comp.contexts()
-        ae.supported_contexts = contexts
+        for cx in contexts:
+            # add_supported_context keeps the SCU/SCP role selection a
+            # component asks for (the supported_contexts setter drops it).
+            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax,
+                                     scu_role=cx.scu_role, scp_role=cx.scp_role)
         policy = AssociationPolicy(cfg.router.ae_title, cfg.router.allowed_calling_aets,
                                    cfg.router.allowed_peers)
         handlers = self.scp.handlers()
