@@ -27,6 +27,7 @@ SERVICES = {
 COMMAND_MODULES = [
     "dicombox.commands.spool",
     "dicombox.commands.status",
+    "dicombox.commands.commit",
     "dicombox.commands.mpps",
 ]
 

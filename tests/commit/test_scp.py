@@ -1,6 +1,8 @@
 """Storage commitment in local mode, with modalities that keep their association
 open for the report and modalities that listen for it on a new association."""
 
+import json
+import subprocess
 import warnings
 
 import pytest
@@ -19,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from conftest import require
 from datagen import ct_series, sr_document
-from helpers import free_port
+from helpers import DICOMBOX, free_port, write_config
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -218,3 +220,43 @@ def test_restart_between_request_and_report(box, files, listener, tmp_path):
     report = modality.wait_for(ds.TransactionUID, 60)
     assert report is not None, router.output()[-2000:]
     assert report.event_type == 1 and report.committed == refs_of(files[:2])
+
+
+def _cli(config, *args):
+    r = subprocess.run([*DICOMBOX, "--config", str(config), *args], capture_output=True,
+                       text=True, timeout=60)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def test_commit_list_and_show(box, files, tmp_path):
+    r = _cli(write_config(tmp_path / "nothing"), "commit", "list")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    router = box("router", commitment={"local_timeout": 600})
+    port = router_port(router)
+    store(port, files[:2])
+    scu = CommitSCU(port)
+    done = action_dataset(refs_of(files[:2]))
+    assert scu.request(done, wait=30)[1].event_type == 1
+    waiting = action_dataset(refs_of(files[:1]) + [(CT, generate_uid())])
+    assert scu.request(waiting)[0].Status == 0
+    assert wait_until(lambda: requests_table(tmp_path / "state")[-1]["committed"] == 1, 30)
+
+    rows = json.loads(_cli(router.config, "commit", "list", "--json").stdout)
+    assert [(r["transaction_uid"], r["state"], r["items"], r["committed"], r["failed"],
+             r["pending"]) for r in rows] == [
+        (done.TransactionUID, "reported", 2, 2, 0, 0),
+        (waiting.TransactionUID, "waiting", 2, 1, 0, 1)]
+    assert rows[0]["reported_via"] == "same association"
+    only = json.loads(_cli(router.config, "commit", "list", "--state", "waiting",
+                           "--json").stdout)
+    assert [r["transaction_uid"] for r in only] == [waiting.TransactionUID]
+
+    text = _cli(router.config, "commit", "list").stdout
+    assert "reported" in text and "waiting" in text and waiting.TransactionUID in text
+
+    shown = json.loads(_cli(router.config, "commit", "show", waiting.TransactionUID,
+                            "--json").stdout)
+    assert [i["state"] for i in shown["instances"]] == ["committed", "pending"]
+    r = _cli(router.config, "commit", "show", "1.2.3")
+    assert r.returncode != 0 and "no storage commitment request 1.2.3" in r.stderr
