@@ -74,9 +74,12 @@ class MppsSection:
     enabled: bool = setting(True, doc="run the MPPS service")
     ae_title: str = setting("DICOMBOX_PPS", check=check_ae_title, doc="the MPPS SCP's AE title")
     port: int = setting(105, check=check_port, doc="TCP port of the MPPS listener")
-    allowed_calling_aets: tuple[str, ...] = setting((), check=check_ae_titles)
-    allowed_peers: tuple[str, ...] = setting((), check=check_networks)
-    max_associations: int = setting(10, min=1, max=500)
+    allowed_calling_aets: tuple[str, ...] = setting(
+        (), check=check_ae_titles, doc="calling AE titles allowed to send MPPS (empty: any)")
+    allowed_peers: tuple[str, ...] = setting(
+        (), check=check_networks, doc="addresses or networks allowed to connect (empty: any)")
+    max_associations: int = setting(10, min=1, max=500,
+                                    doc="simultaneous incoming associations")
     require_type2: bool = setting(
         True, doc="refuse an N-CREATE that lacks a Type 2 attribute (0120); false relays it "
         "as received")
