@@ -110,8 +110,8 @@ def serve_all(args, cfg) -> int:
     """Run every enabled service as a child process; restart any that dies."""
     log = logging.getLogger("dicombox.supervisor")
     names = enabled_services(cfg)
-    base = [sys.executable, "-m", "dicombox", "serve"]
     conf = ["--config", str(args.config)] if args.config else []
+    base = [sys.executable, "-m", "dicombox", *conf, "serve"]
     children: dict[str, subprocess.Popen] = {}
     restarts: dict[str, list[float]] = {n: [] for n in names}
     stopping = {"flag": False}
@@ -123,7 +123,7 @@ def serve_all(args, cfg) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def spawn(name):
-        children[name] = subprocess.Popen([*base, name, *conf])
+        children[name] = subprocess.Popen([*base, name])
         log.info("started %s (pid %d)", name, children[name].pid)
 
     for name in names:
