@@ -182,6 +182,33 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.1):
     return predicate()
 
 
+# -- Orthanc as the Storage Commitment SCU --------------------------------------
+
+def ask(orthanc, refs) -> str:
+    """POST /modalities/box/storage-commitment and poll until Orthanc has the report."""
+    job = orthanc.post("/modalities/box/storage-commitment", {
+        "DicomInstances": [{"SOPClassUID": c, "SOPInstanceUID": i} for c, i in refs],
+        "Timeout": 30})
+    return job["ID"]
+
+
+def result(orthanc, job_id: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = orthanc.get(f"/storage-commitment/{job_id}")
+        if report["Status"] != "Pending" or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+def committed(report) -> list[tuple[str, str]]:
+    return [(s["SOPClassUID"], s["SOPInstanceUID"]) for s in report.get("Success", [])]
+
+
+def failures(report) -> dict[str, int]:
+    return {f["SOPInstanceUID"]: f["FailureReason"] for f in report.get("Failures", [])}
+
+
 @pytest.fixture(name="listener")
 def listener_fixture():
     """Start pynetdicom report listeners; each is stopped in teardown.

@@ -4,10 +4,8 @@ Orthanc releases its association right after the N-ACTION, so every report
 here travels on a new association from the router to Orthanc.
 """
 
-import time
-
 import pytest
-from commitpeers import refs_of, requests_table, wait_until
+from commitpeers import ask, committed, failures, refs_of, requests_table, result, wait_until
 
 from conftest import require
 from datagen import ct_series
@@ -16,31 +14,6 @@ from peers import Orthanc
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 UNKNOWN = (CT, "1.2.826.0.1.3680043.8.498.1.999999")
-
-
-def ask(orthanc, refs) -> str:
-    """POST /modalities/box/storage-commitment and poll until Orthanc has the report."""
-    job = orthanc.post("/modalities/box/storage-commitment", {
-        "DicomInstances": [{"SOPClassUID": c, "SOPInstanceUID": i} for c, i in refs],
-        "Timeout": 30})
-    return job["ID"]
-
-
-def result(orthanc, job_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        report = orthanc.get(f"/storage-commitment/{job_id}")
-        if report["Status"] != "Pending" or time.monotonic() > deadline:
-            return report
-        time.sleep(0.2)
-
-
-def committed(report) -> list[tuple[str, str]]:
-    return [(s["SOPClassUID"], s["SOPInstanceUID"]) for s in report.get("Success", [])]
-
-
-def failures(report) -> dict[str, int]:
-    return {f["SOPInstanceUID"]: f["FailureReason"] for f in report.get("Failures", [])}
 
 
 @pytest.fixture
