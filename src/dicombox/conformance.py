@@ -24,6 +24,7 @@ from .uids import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 TABLE_MODULES = [
     "dicombox.router.conformance",
     "dicombox.mpps.conformance",
+    "dicombox.commit.conformance",
 ]
 
 PLACEHOLDER = re.compile(r"^\{\{table:([a-z0-9_-]+)\}\}$", re.M)

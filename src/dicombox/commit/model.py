@@ -31,6 +31,33 @@ FAILURE_REASONS = {
     DUPLICATE_TRANSACTION: "Duplicate transaction UID",
 }
 
+#: Failure Reason -> when the box reports it (published in the conformance statement).
+FAILURE_WHEN = {
+    NO_SUCH_OBJECT: "The instance is not in the spool `commitment.local_timeout` seconds after "
+                    "the request (never received, or already removed by the spool cleanup).",
+    CLASS_INSTANCE_CONFLICT: "The instance is in the spool with another SOP Class UID than "
+                             "the request names.",
+    PROCESSING_FAILURE: "forwarded/upstream modes: a destination has it in dead-letter, "
+                        "reported that it did not commit it, or (`unsupported_destinations = "
+                        "\"fail\"`) cannot commit; or it is still not delivered (committed) "
+                        "`commitment.timeout` seconds after the request.",
+    DUPLICATE_TRANSACTION: "The Transaction UID was already used by the same calling AE for "
+                           "other instances (every item of the new request fails).",
+}
+
+#: What each mode requires before an instance is reported as committed.
+MODES = [
+    ("local", "the instance is in the spool (fsync'd, indexed) with the SOP Class named in "
+              "the request"),
+    ("forwarded", "as `local`, and every destination it was routed to acknowledged it "
+                  "(forwarding queue row `delivered`); an instance routed nowhere is "
+                  "committed as in `local`"),
+    ("upstream", "as `local`, and every destination listed in `[[commitment.upstream]]` "
+                 "committed it through its own Storage Commitment SCP; other destinations "
+                 "count per `commitment.unsupported_destinations` (`delivered`: their "
+                 "acknowledgement; `fail`: never)"),
+]
+
 MIGRATIONS = [
     Migration("commitment-1", """
         CREATE TABLE commit_requests (
