@@ -17,6 +17,15 @@ PEERS = REPO / "tests" / "peers"
 MPPS_CLASS = "1.2.840.10008.3.1.2.3.3"
 
 
+def require(*tools) -> None:
+    """Fail (not skip) when a peer program is missing. Kept here rather than
+    imported from the top conftest: ``conftest`` names whichever conftest.py
+    pytest loaded last."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing test peers: {', '.join(missing)} (run scripts/install-peers.sh)")
+
+
 def require_node_peers() -> None:
     if shutil.which("node") is None or not (PEERS / "node_modules" / "dcmjs-dimse").exists():
         pytest.fail("dcmjs-dimse is not installed (run scripts/install-peers.sh)")

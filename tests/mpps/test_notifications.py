@@ -12,6 +12,7 @@ from mppskit import (
     mpps_port,
     n_create,
     n_set_completed,
+    require,
     router_port,
     send_mpps,
     series_item,
@@ -20,7 +21,6 @@ from mppskit import (
 from pydicom import dcmread
 from pynetdicom import AE, evt
 
-from conftest import require
 from datagen import cr_image, ct_series
 from helpers import dcmtk, free_port
 from peers import StoreSCP

@@ -168,10 +168,15 @@ class RelayWorker(Worker):
         ds = coerce(journal.from_bytes(row["dataset"]), self.dest)
         uid = row["sop_instance_uid"]
         resend = row["attempts"] > 0
-        if row["operation"] == model.N_CREATE:
-            status_ds, _ = assoc.send_n_create(ds, model.MPPS_SOP_CLASS, uid)
-        else:
-            status_ds, _ = assoc.send_n_set(ds, model.MPPS_SOP_CLASS, uid)
+        try:
+            if row["operation"] == model.N_CREATE:
+                status_ds, _ = assoc.send_n_create(ds, model.MPPS_SOP_CLASS, uid)
+            else:
+                status_ds, _ = assoc.send_n_set(ds, model.MPPS_SOP_CLASS, uid)
+        except (ValueError, TypeError) as exc:
+            # pynetdicom could not encode the dataset: sending it again cannot help.
+            self._outcome(row, DEAD, None, f"{row['operation']} cannot be encoded: {exc}")
+            return
         status = status_ds.get("Status") if status_ds is not None else None
         error_id = status_ds.get("ErrorID") if status_ds is not None else None
         comment = str(status_ds.get("ErrorComment", "") or "") if status_ds is not None else ""
@@ -221,9 +226,9 @@ class RelayWorker(Worker):
         where = f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
         if assoc.is_rejected:
             return f"association rejected by {where}"
-        if assoc.is_aborted:
-            return f"association aborted by {where}"
-        return f"cannot connect to {where}"
+        if getattr(assoc.acceptor, "primitive", None) is None:
+            return f"cannot connect to {where} (no association response)"
+        return f"association aborted by {where}"
 
 
 def _rejected_permanently(assoc) -> bool:
