@@ -1,0 +1,485 @@
+"""Build one medium's DICOM file-set: DICOMDIR, the instances, and the IHE PDI extras.
+
+The DICOMDIR is pydicom's :class:`~pydicom.fileset.FileSet`: its records
+(PATIENT/STUDY/SERIES and the leaf type each SOP class needs: IMAGE, SR
+DOCUMENT, KEY OBJECT DOC, PRESENTATION, ENCAP DOC, WAVEFORM, RT ...), its
+File IDs (``PT000000/ST000000/SE000000/IM000000``: at most 8 components of
+at most 8 characters from A-Z, 0-9 and _), its offsets.  Each record carries
+the instance's Specific Character Set and its values byte for byte, so a
+name in ISO 2022 IR 87, ISO_IR 192 or ISO_IR 100 reads as it was sent.
+
+How the files get there matters more on a small box than the records:
+
+- headers are read without pixel data (large values deferred), so a job of
+  any size needs memory for its directory records only;
+- an instance the profile allows is copied in 1 MiB chunks, hashed on the
+  way and checked against the SHA-256 it had in the spool; one the profile
+  does not allow is converted (:mod:`.convert`), one at a time;
+- the file-set is assembled in ``<out_dir>.partial`` and renamed to
+  ``out_dir`` only when complete and synced, so ``out_dir`` either does not
+  exist or holds a whole file-set.
+
+Records need a few values that instances sometimes lack (Type 1 in the
+directory records, Type 2 in the images: Study ID, Series Number, Instance
+Number, dates...).  Those are filled in the DICOMDIR record only, never in
+the instance, with values derived from the instance (see
+:func:`_complete_header`), as ``dcmmkdir +I`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.fileset import FileInstance, FileSet, RecordNode
+
+from ..store.fsutil import fsync_dir
+from . import pdi
+from . import profiles as _profiles
+from .convert import convert_to_explicit_le
+from .errors import MediaError
+from .profiles import Profile
+from .verify import Meter, check_cancel, copy_file, sha256_file
+
+LOGGER = logging.getLogger("dicombox.media.fileset")
+
+#: Values larger than this stay on disk while headers are read (encapsulated
+#: documents, big private blobs).
+DEFER_SIZE = 256 * 1024
+
+_FILESET_ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+@dataclass(frozen=True)
+class SourceInstance:
+    """An instance of a job as the spool holds it."""
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    transfer_syntax_uid: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class MediaLabel:
+    """What a medium says about itself (README.TXT, INDEX.HTM, the printed label)."""
+
+    volume: int
+    volumes: int
+    job_id: str
+    box_name: str
+    institution: str
+    created: datetime
+
+    def volume_text(self, media: str = "cd") -> str:
+        """``Disc 1 of 3`` (or ``USB medium 1 of 3``)."""
+        word = "USB medium" if media == "usb" else "Disc"
+        return f"{word} {self.volume} of {self.volumes}"
+
+
+@dataclass(frozen=True)
+class FileSetResult:
+    """What was built: every file with its SHA-256 and size (what verification compares)."""
+
+    files: list[tuple[str, str, int]]   # (relative path with "/", sha256 hex, size)
+    total_bytes: int
+    profile: str
+    fileset_id: str = ""
+    instances: int = 0
+    converted: int = 0
+    patients: int = 0
+    studies: int = 0
+    instance_files: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> path
+
+
+def size_on_medium(instance: SourceInstance, profile: str | Profile) -> int:
+    """The bytes an instance will take in a file-set of ``profile`` (for spanning).
+
+    Its spool size when the profile allows its transfer syntax; otherwise the
+    size of its pixel data once decoded (from the header) plus its header.
+    """
+    prof = _profiles.get(profile) if isinstance(profile, str) else profile
+    if prof.allows(instance.transfer_syntax_uid):
+        return instance.size
+    try:
+        ds = dcmread(instance.path, stop_before_pixels=True, defer_size=DEFER_SIZE)
+    except (OSError, InvalidDicomError, ValueError, EOFError):
+        return instance.size
+    try:
+        pixels = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                  * int(ds.BitsAllocated) // 8 * int(ds.get("NumberOfFrames", 1) or 1))
+    except (AttributeError, TypeError, ValueError):
+        return instance.size
+    return max(instance.size, pixels + 64 * 1024)
+
+
+def fileset_id_from(text: str) -> str:
+    """A valid File-set ID (CS; here A-Z, 0-9 and _, at most 16) from a job id."""
+    out = "".join(c if c in _FILESET_ID_CHARS else "_" for c in text.upper())[:16]
+    return out or "DICOMBOX"
+
+
+class _FileSet(FileSet):
+    """pydicom's FileSet with a linear-time way to add an instance.
+
+    ``FileSet.add()`` compares a new instance with every instance added before
+    (to find duplicates) and with every sibling record (to find its place in
+    the tree), each comparison through dataset attribute lookups: quadratic,
+    about 40 s for one 3000-image series on a desktop, minutes on the box.
+    Here the instances are unique already and each record's parent is found
+    in a dict, so :meth:`add_leaf` does what ``add()`` does without the
+    scans.  It relies on ``FileSet`` internals (``_recordify``, ``_tree``,
+    ``_stage``, ``_instances``) of pydicom 3.0, which the package pins; the
+    file-set tests (dciodvfy, dcdirdmp) fail if they change.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._nodes: dict[tuple[str, ...], RecordNode] = {}
+        self._uppers: dict[tuple[str, ...], object] = {}
+
+    def prepare(self, ds) -> tuple[tuple[str, ...], object]:
+        """The records of an instance: (its place in the tree, its leaf record).
+
+        PATIENT/STUDY/SERIES records are kept once per place (every instance
+        of a series makes the same ones), so memory grows with the leaves.
+        """
+        records = list(self._recordify(ds))
+        leaf = records[-1]
+        if leaf.DirectoryRecordType in ("SR DOCUMENT", "KEY OBJECT DOC") \
+                and "ContentSequence" in leaf:
+            # PS3.3 F.5: the record carries only the items that modify the
+            # document's title (HAS CONCEPT MOD), not the whole content tree
+            # that pydicom copies (dciodvfy flags it, and it bloats the DICOMDIR).
+            keep = [item for item in leaf.ContentSequence
+                    if item.get("RelationshipType") == "HAS CONCEPT MOD"]
+            if keep:
+                leaf.ContentSequence = keep
+            else:
+                del leaf.ContentSequence
+        place: tuple[str, ...] = ()
+        for record in records[:-1]:
+            place = place + (f"{record.DirectoryRecordType}:{_record_key(record)}",)
+            self._uppers.setdefault(place, record)
+        return place, leaf
+
+    def add_leaf(self, place: tuple[str, ...], leaf, sop_instance_uid: str) -> FileInstance:
+        parent: RecordNode = self._tree
+        for i in range(1, len(place) + 1):
+            node = self._nodes.get(place[:i])
+            if node is None:
+                node = RecordNode(self._uppers.pop(place[:i]))
+                node.parent = parent
+                self._nodes[place[:i]] = node
+            parent = node
+        node = RecordNode(leaf)
+        node.parent = parent
+        instance = FileInstance(node)
+        node.instance = instance
+        self._stage["+"][sop_instance_uid] = instance
+        self._instances.append(instance)
+        instance._apply_stage("+")
+        # An empty placeholder: FileSet.write() copies it into place, and the
+        # real file (streamed, checked) replaces it afterwards.
+        Path(instance.path).touch()
+        return instance
+
+
+def _record_key(record) -> str:
+    rtype = record.DirectoryRecordType
+    if rtype == "PATIENT":
+        return str(record.PatientID)
+    if rtype == "STUDY":
+        return str(record.get("StudyInstanceUID", ""))
+    if rtype == "SERIES":
+        return str(record.SeriesInstanceUID)
+    return str(record.get("ReferencedSOPInstanceUIDInFile", ""))
+
+
+def _empty(ds, keyword: str) -> bool:
+    return keyword not in ds or ds[keyword].VM == 0
+
+
+def _first(ds, *keywords: str) -> str:
+    for kw in keywords:
+        if not _empty(ds, kw):
+            return str(ds[kw].value)
+    return ""
+
+
+@dataclass
+class _Counters:
+    """Numbers invented for records whose instances lack a Type 1 value."""
+
+    studies: dict[str, str] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)       # series uid -> number
+    series_per_study: dict[str, int] = field(default_factory=dict)
+    instances_per_series: dict[str, int] = field(default_factory=dict)
+
+
+def _complete_header(ds, created: datetime, counters: _Counters) -> None:
+    """Fill what the directory records require and the instance lacks (record only)."""
+    day = created.strftime("%Y%m%d")
+    if _empty(ds, "PatientID"):
+        name = str(ds.get("PatientName", "") or "")
+        ds.PatientID = "NOID_" + hashlib.sha1(name.encode()).hexdigest()[:8].upper()
+    study = str(ds.StudyInstanceUID)
+    if _empty(ds, "StudyDate"):
+        ds.StudyDate = _first(ds, "SeriesDate", "AcquisitionDate", "ContentDate",
+                              "InstanceCreationDate") or day
+    if _empty(ds, "StudyTime"):
+        ds.StudyTime = _first(ds, "SeriesTime", "AcquisitionTime", "ContentTime",
+                              "InstanceCreationTime") or "000000"
+    if _empty(ds, "StudyID"):
+        if study not in counters.studies:
+            acc = _first(ds, "AccessionNumber")[:16].strip()
+            counters.studies[study] = acc or f"S{len(counters.studies) + 1}"
+        ds.StudyID = counters.studies[study]
+    if _empty(ds, "Modality"):
+        ds.Modality = "OT"
+    series = str(ds.SeriesInstanceUID)
+    if _empty(ds, "SeriesNumber"):
+        if series not in counters.series:
+            n = counters.series_per_study.get(study, 0) + 1
+            counters.series_per_study[study] = n
+            counters.series[series] = n
+        ds.SeriesNumber = counters.series[series]
+    if _empty(ds, "InstanceNumber"):
+        n = counters.instances_per_series.get(series, 0) + 1
+        counters.instances_per_series[series] = n
+        ds.InstanceNumber = n
+    # Leaf records of documents, presentation states, waveforms...
+    if _empty(ds, "ContentDate"):
+        ds.ContentDate = _first(ds, "InstanceCreationDate", "SeriesDate") or ds.StudyDate
+    if _empty(ds, "ContentTime"):
+        ds.ContentTime = _first(ds, "InstanceCreationTime", "SeriesTime") or ds.StudyTime
+    if "ConceptNameCodeSequence" in ds or "ContentSequence" in ds:  # SR documents
+        if _empty(ds, "CompletionFlag"):
+            ds.CompletionFlag = "PARTIAL"
+        if _empty(ds, "VerificationFlag"):
+            ds.VerificationFlag = "UNVERIFIED"
+    if "PresentationCreationDate" in ds:
+        if _empty(ds, "PresentationCreationDate"):
+            ds.PresentationCreationDate = ds.ContentDate
+        if _empty(ds, "PresentationCreationTime"):
+            ds.PresentationCreationTime = ds.ContentTime
+        if _empty(ds, "ContentLabel"):
+            ds.ContentLabel = "UNNAMED"
+    if "EncapsulatedDocument" in ds and _empty(ds, "MIMETypeOfEncapsulatedDocument"):
+        ds.MIMETypeOfEncapsulatedDocument = "application/octet-stream"
+
+
+@dataclass
+class _Entry:
+    source: SourceInstance
+    place: tuple[str, ...]
+    leaf: object
+    target_ts: str
+    sort_key: tuple
+
+
+def _summarise(ds, patients: dict[str, pdi.PatientInfo]) -> None:
+    pid = str(ds.PatientID)
+    p = patients.get(pid)
+    if p is None:
+        name = ds.get("PatientName", "")
+        p = patients[pid] = pdi.PatientInfo(
+            patient_id=pid, name=pdi.display_name(name), ascii_name=pdi.ascii_name(name),
+            birth_date=str(ds.get("PatientBirthDate", "") or ""),
+            sex=str(ds.get("PatientSex", "") or ""))
+    uid = str(ds.StudyInstanceUID)
+    s = p.studies.get(uid)
+    if s is None:
+        s = p.studies[uid] = pdi.StudyInfo(
+            uid=uid, date=str(ds.StudyDate), time=str(ds.StudyTime),
+            description=str(ds.get("StudyDescription", "") or ""),
+            accession=str(ds.get("AccessionNumber", "") or ""), study_id=str(ds.StudyID),
+            referring=str(ds.get("ReferringPhysicianName", "") or ""))
+    suid = str(ds.SeriesInstanceUID)
+    se = s.series.get(suid)
+    if se is None:
+        se = s.series[suid] = pdi.SeriesInfo(
+            number=str(ds.SeriesNumber), modality=str(ds.Modality),
+            description=str(ds.get("SeriesDescription", "") or ""))
+    se.instances += 1
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _read_header(src: SourceInstance):
+    try:
+        ds = dcmread(src.path, stop_before_pixels=True, defer_size=DEFER_SIZE)
+    except FileNotFoundError:
+        raise MediaError("source-changed", f"spool file {src.path} is missing") from None
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise MediaError("build-failed", f"cannot read {src.path.name}: {exc}") from exc
+    if "SOPInstanceUID" not in ds or str(ds.SOPInstanceUID) != src.sop_instance_uid:
+        raise MediaError("source-changed",
+                         f"spool file {src.path.name} does not hold instance "
+                         f"{src.sop_instance_uid}")
+    if _empty(ds, "StudyInstanceUID") or _empty(ds, "SeriesInstanceUID"):
+        raise MediaError("build-failed",
+                         f"{src.path.name} has no Study or Series Instance UID")
+    return ds
+
+
+def _prepare(instances: Sequence[SourceInstance], fs: _FileSet, profile: Profile,
+             created: datetime, cancel: threading.Event | None
+             ) -> tuple[list[_Entry], dict[str, pdi.PatientInfo]]:
+    """Read each header once: directory records, target syntax, summary, order."""
+    counters = _Counters()
+    patients: dict[str, pdi.PatientInfo] = {}
+    order: dict[str, int] = {}
+    entries: list[_Entry] = []
+    seen: set[str] = set()
+    for src in instances:
+        check_cancel(cancel)
+        if src.sop_instance_uid in seen:
+            LOGGER.info("instance %s is twice in the job; written once", src.sop_instance_uid)
+            continue
+        seen.add(src.sop_instance_uid)
+        ds = _read_header(src)
+        _complete_header(ds, created, counters)
+        target = profile.target_syntax(str(ds.file_meta.TransferSyntaxUID))
+        ds.file_meta.TransferSyntaxUID = target
+        try:
+            place, leaf = fs.prepare(ds)
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise MediaError("build-failed",
+                             f"{src.path.name}: no DICOMDIR record can be made: {exc}") from exc
+        _summarise(ds, patients)
+        key = (order.setdefault("P" + str(ds.PatientID), len(order)),
+               order.setdefault("S" + str(ds.StudyInstanceUID), len(order)),
+               _number(ds.SeriesNumber),
+               order.setdefault("E" + str(ds.SeriesInstanceUID), len(order)),
+               _number(ds.get("InstanceNumber")), src.sop_instance_uid)
+        entries.append(_Entry(src, place, leaf, target, key))
+        del ds
+    entries.sort(key=lambda e: e.sort_key)
+    return entries, patients
+
+
+def _place(entry: _Entry, dst: Path, meter: Meter) -> tuple[str, int, bool]:
+    """Write one instance to ``dst``: copy as stored, or convert.  Returns sha, size, converted."""
+    src = entry.source
+    converted = entry.target_ts != src.transfer_syntax_uid
+    try:
+        if not converted:
+            sha, size = copy_file(src.path, dst, meter, fsync=False)
+            if sha != src.sha256 or size != src.size:
+                raise MediaError("source-changed",
+                                 f"spool file {src.path.name} changed since it was received "
+                                 "(checksum differs)")
+            return sha, size, False
+        sha, size = sha256_file(src.path)
+        if sha != src.sha256:
+            raise MediaError("source-changed",
+                             f"spool file {src.path.name} changed since it was received "
+                             "(checksum differs)")
+        convert_to_explicit_le(src.path, dst)
+        meter.add(src.size)
+        out_sha, out_size = sha256_file(dst)
+        return out_sha, out_size, True
+    except FileNotFoundError:
+        raise MediaError("source-changed", f"spool file {src.path} is missing") from None
+
+
+def build_fileset(instances: Sequence[SourceInstance], out_dir: Path, *, fileset_id: str,
+                  profile: str, label: MediaLabel,
+                  progress: Callable[[int, int], None] | None = None,
+                  cancel: threading.Event | None = None,
+                  replace: bool = False) -> FileSetResult:
+    """Write DICOMDIR, the DICOM files, README.TXT, INDEX.HTM and IHE_PDI/ under ``out_dir``.
+
+    ``out_dir`` must not exist (or be empty), unless ``replace`` is true (a
+    step that restarts after a crash rebuilds its file-set).  ``progress``
+    receives (bytes of instances done, bytes of instances in total).  Raises
+    :class:`MediaError` (``build-failed``, ``source-changed``, ``cancelled``)
+    and leaves nothing behind when it does.
+    """
+    out_dir = Path(out_dir)
+    prof = _profiles.get(profile)
+    fsid = fileset_id_from(fileset_id)
+    if not instances:
+        raise MediaError("build-failed", "the job holds no instances")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not replace:
+            raise MediaError("build-failed", f"{out_dir} is not empty")
+        shutil.rmtree(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        return _build(instances, out_dir, partial, fsid, prof, label, progress, cancel)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _build(instances, out_dir: Path, partial: Path, fsid: str, prof: Profile,
+           label: MediaLabel, progress, cancel) -> FileSetResult:
+    fs = _FileSet()
+    fs.ID = fsid
+    entries, patients = _prepare(instances, fs, prof, label.created, cancel)
+    placed: list[tuple[str, _Entry]] = []
+    for entry in entries:
+        instance = fs.add_leaf(entry.place, entry.leaf, entry.source.sop_instance_uid)
+        placed.append((instance.FileID, entry))
+        entry.leaf = None
+    partial.mkdir(parents=True)
+    try:
+        fs.write(partial)
+    except (OSError, ValueError) as exc:
+        raise MediaError("build-failed", f"cannot write the DICOMDIR: {exc}") from exc
+    del fs  # its records are in the DICOMDIR now; only the file list is needed
+    meter = Meter(sum(e.source.size for _, e in placed), progress, cancel)
+    files: list[tuple[str, str, int]] = []
+    by_uid: dict[str, str] = {}
+    converted = 0
+    for file_id, entry in placed:
+        rel = "/".join(Path(file_id).parts)
+        try:
+            sha, size, conv = _place(entry, partial / file_id, meter)
+        except OSError as exc:
+            raise MediaError("build-failed", f"cannot write {rel}: {exc.strerror}") from exc
+        converted += conv
+        files.append((rel, sha, size))
+        by_uid[entry.source.sop_instance_uid] = rel
+    media = prof.media
+    plist = list(patients.values())
+    extras = pdi.write_extras(partial, plist, volume_text=label.volume_text(media), label=label,
+                              profile=prof, fileset_id=fsid, instances=len(placed))
+    for path in [partial / "DICOMDIR", *extras]:
+        sha, size = sha256_file(path)
+        files.append(("/".join(path.relative_to(partial).parts), sha, size))
+    files.sort()
+    check_cancel(cancel)
+    # One sync for the whole tree is much cheaper than an fsync per file on
+    # an SD card, and the rename below publishes only a durable file-set.
+    os.sync()
+    os.rename(partial, out_dir)
+    fsync_dir(out_dir.parent)
+    meter.finish()
+    return FileSetResult(
+        files=files, total_bytes=sum(size for _, _, size in files), profile=prof.name,
+        fileset_id=fsid, instances=len(placed), converted=converted, patients=len(plist),
+        studies=sum(len(p.studies) for p in plist), instance_files=by_uid)
