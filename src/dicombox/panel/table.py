@@ -27,7 +27,9 @@ LED_TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("media", "*", "off", "idle: nothing to burn"),
     ("error", "service_down", "fast", "a service has failed or stopped"),
     ("error", "disk_reserve", "blink", "the disk reserve is reached: new images are refused"),
-    ("error", "dead_letters", "on", "items could not be delivered (see `dicombox status`)"),
+    ("error", "dead_letters", "on",
+     "images or procedure steps could not be delivered (`dicombox queue list`, "
+     "`dicombox mpps list`; retry with `dicombox queue retry --dead`, `dicombox mpps retry`)"),
     ("error", "*", "off", "no error"),
 )
 
@@ -68,3 +70,56 @@ def button_action(press: str, state: BoxState) -> tuple[str, str | None] | None:
     if command is None:
         return None
     return command, (None if command == "eject" else state.media_job)
+
+
+#: How each pattern looks, in words (timings from the default configuration).
+PATTERN_WORDS = {
+    "off": "dark",
+    "on": "steady",
+    "blink": "blinks (½ s on, ½ s off)",
+    "fast": "flashes fast (5 times a second)",
+    "wink": "winks (a short flash every 2 s)",
+}
+
+
+def led_table_markdown() -> str:
+    """The LED table as the README shows it: per LED, the first row that
+    applies wins, so rows are listed in order of precedence."""
+    lines = ["| LED | looks | means |", "|---|---|---|"]
+    for led, _, pattern, meaning in LED_TABLE:
+        lines.append(f"| {led} | {PATTERN_WORDS[pattern]} | {meaning} |")
+    return "\n".join(lines)
+
+
+#: What each command does, in words.
+COMMAND_WORDS = {
+    "burn": "closes that job and burns it now",
+    "eject": "ejects the disc",
+    "cancel": "cancels the job being burned, else the waiting one",
+}
+
+
+def button_table_markdown() -> str:
+    """The button's actions as the README shows them, by what the media LED shows."""
+    looks = {condition.partition("=")[2]: PATTERN_WORDS[pattern]
+             for led, condition, pattern, _ in LED_TABLE
+             if led == "media" and condition.startswith("media=")}
+    looks["idle"] = PATTERN_WORDS["off"]
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for (press, phase), command in BUTTON_TABLE.items():
+        shown = looks[phase]
+        rows = grouped.setdefault((press, command), [])
+        if shown not in rows:
+            rows.append(shown)
+    words = {"short": "short press", "long": "long press (2 s)"}
+    lines = ["| press | while the media LED | the box |", "|---|---|---|"]
+    for (press, command), shown in grouped.items():
+        either = ", ".join(shown[:-1]) + (" or " if len(shown) > 1 else "") + shown[-1]
+        lines.append(f"| {words[press]} | {either} | {COMMAND_WORDS[command]} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(led_table_markdown())
+    print()
+    print(button_table_markdown())
