@@ -1,4 +1,3 @@
-import shutil
 import sys
 from pathlib import Path
 
@@ -6,13 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import BoxProcess, write_config  # noqa: E402
-
-
-def require(*tools):
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"missing test peers: {', '.join(missing)} (run scripts/install-peers.sh)")
+from helpers import BoxProcess, require, write_config  # noqa: E402,F401
 
 
 @pytest.fixture

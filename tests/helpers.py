@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parent.parent
 DICOMBOX = [sys.executable, "-m", "dicombox"]
 
 
+def require(*tools):
+    """Fail (never skip) when a real peer the test needs is not installed."""
+    import shutil
+
+    import pytest
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing test peers: {', '.join(missing)} (run scripts/install-peers.sh)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from conftest import require
+from helpers import require
 from datagen import cr_image, ct_series
 from helpers import DICOMBOX, dcmtk, write_config
 

@@ -1,6 +1,6 @@
 """The test peers themselves work (so a failure elsewhere is about the box)."""
 
-from conftest import require
+from helpers import require
 from datagen import ct_series
 from peers import Orthanc, StoreSCP
 

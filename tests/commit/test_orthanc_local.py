@@ -7,7 +7,7 @@ here travels on a new association from the router to Orthanc.
 import pytest
 from commitpeers import ask, committed, failures, refs_of, requests_table, result, wait_until
 
-from conftest import require
+from helpers import require
 from datagen import ct_series
 from helpers import free_port
 from peers import Orthanc

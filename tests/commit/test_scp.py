@@ -19,7 +19,7 @@ from commitpeers import (
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from conftest import require
+from helpers import require
 from datagen import ct_series, sr_document
 from helpers import DICOMBOX, free_port, write_config
 

@@ -11,7 +11,7 @@ from mediabox import UMockdevBed, wait_for
 
 from dicombox.media.udev import MediaWatcher, classify
 
-from conftest import require
+from helpers import require
 
 CDROM = {"DEVNAME": "/dev/sr0", "SUBSYSTEM": "block", "DEVTYPE": "disk", "ID_CDROM": "1",
          "ID_CDROM_CD_R": "1"}

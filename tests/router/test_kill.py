@@ -8,7 +8,7 @@ import time
 
 from pydicom import dcmread
 
-from conftest import require
+from helpers import require
 from datagen import dataset_bytes, tiny_instances
 from helpers import BoxProcess, dcmtk_env, write_config
 

@@ -6,7 +6,7 @@ import time
 import pytest
 from pydicom import dcmread
 
-from conftest import require
+from helpers import require
 from datagen import ct_series
 from helpers import dcmtk
 

@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 from pydicom import dcmread
 
-from conftest import require
+from helpers import require
 from datagen import compress, cr_image, ct_series, dataset_bytes, sr_document
 from helpers import dcmtk
 
