@@ -5,9 +5,8 @@ import signal
 import subprocess
 import time
 
-from helpers import require
 from datagen import cr_image, ct_series
-from helpers import DICOMBOX, dcmtk, write_config
+from helpers import DICOMBOX, dcmtk, require, write_config
 
 
 def _cli(cfg, *args):

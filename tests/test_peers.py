@@ -1,7 +1,7 @@
 """The test peers themselves work (so a failure elsewhere is about the box)."""
 
-from helpers import require
 from datagen import ct_series
+from helpers import require
 from peers import Orthanc, StoreSCP
 
 

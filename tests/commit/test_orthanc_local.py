@@ -7,9 +7,8 @@ here travels on a new association from the router to Orthanc.
 import pytest
 from commitpeers import ask, committed, failures, refs_of, requests_table, result, wait_until
 
-from helpers import require
 from datagen import ct_series
-from helpers import free_port
+from helpers import free_port, require
 from peers import Orthanc
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

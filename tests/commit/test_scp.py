@@ -19,9 +19,8 @@ from commitpeers import (
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from helpers import require
 from datagen import ct_series, sr_document
-from helpers import DICOMBOX, free_port, write_config
+from helpers import DICOMBOX, free_port, require, write_config
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -8,9 +8,8 @@ import time
 
 from pydicom import dcmread
 
-from helpers import require
 from datagen import dataset_bytes, tiny_instances
-from helpers import BoxProcess, dcmtk_env, write_config
+from helpers import BoxProcess, dcmtk_env, require, write_config
 
 
 def _acked(output: str) -> set[str]:

@@ -6,9 +6,8 @@ import time
 import pytest
 from pydicom import dcmread
 
-from helpers import require
 from datagen import ct_series
-from helpers import dcmtk
+from helpers import dcmtk, require
 
 
 def _port(router):

@@ -6,9 +6,8 @@ import sqlite3
 import pytest
 from pydicom import dcmread
 
-from helpers import require
 from datagen import compress, cr_image, ct_series, dataset_bytes, sr_document
-from helpers import dcmtk
+from helpers import dcmtk, require
 
 
 @pytest.fixture(scope="module")
