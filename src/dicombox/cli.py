@@ -19,6 +19,7 @@ from .config import ConfigError
 #: service name -> "module:Class"; `serve all` runs those enabled in the config.
 SERVICES = {
     "router": "dicombox.router.service:RouterService",
+    "media": "dicombox.media.service:MediaService",
     "mpps": "dicombox.mpps.service:MppsService",
     "panel": "dicombox.panel.service:PanelService",
 }
@@ -28,6 +29,7 @@ COMMAND_MODULES = [
     "dicombox.commands.spool",
     "dicombox.commands.status",
     "dicombox.commands.commit",
+    "dicombox.commands.media",
     "dicombox.commands.mpps",
 ]
 

@@ -233,7 +233,7 @@ def tree_checksums(root: Path) -> dict[str, str]:
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
-def extract_iso(image: Path, out: Path) -> dict[str, str]:
+def extract_iso(image: Path | str, out: Path) -> dict[str, str]:
     """Extract an ISO (file or pseudo-drive) with xorriso -osirrox; return checksums."""
     require("xorriso")
     out.mkdir(parents=True, exist_ok=True)

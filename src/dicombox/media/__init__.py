@@ -55,7 +55,8 @@ stick or image, one blocking step at a time:
         #           the path it wrote,
         #       verify(iso_path=None, files=None, *, iso_sha256=None,
         #              progress=None, cancel=None),
-        #       eject(cancel=None)
+        #       eject(cancel=None),
+        #       usable_bytes(info) -> int, block_bytes (for plan_volumes)
     def writer_for(kind, **settings); def writer_from_config(config.media)
 
 Progress callbacks receive (bytes done, bytes in total).  Every call blocks

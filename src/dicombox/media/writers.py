@@ -118,6 +118,12 @@ class OpticalWriter:
     def __repr__(self) -> str:
         return f"OpticalWriter({self.device!r})"
 
+    block_bytes = BLOCK
+
+    def usable_bytes(self, info: MediumInfo) -> int:
+        """What an image may take on this medium (for :func:`.span.plan_volumes`)."""
+        return max(info.free_bytes - self.PAD_BYTES, 0)
+
     def _problems(self, lines: Sequence[str]) -> list[str]:
         return [m.group(3).strip() for line in lines if (m := _PROBLEM.match(line.strip()))]
 
@@ -312,6 +318,14 @@ class UsbWriter:
 
     def __repr__(self) -> str:
         return f"UsbWriter({self.target or self.image!s})"
+
+    @property
+    def block_bytes(self) -> int:
+        """The allocation unit files are rounded up to (for spanning)."""
+        return self._cluster()
+
+    def usable_bytes(self, info: MediumInfo) -> int:
+        return info.free_bytes
 
     # The image form: mtools -------------------------------------------------------------
     def _image_file(self) -> Path:
@@ -518,6 +532,11 @@ class FolderWriter:
 
     def __repr__(self) -> str:
         return f"FolderWriter({str(self.directory)!r})"
+
+    block_bytes = BLOCK
+
+    def usable_bytes(self, info: MediumInfo) -> int:
+        return info.free_bytes
 
     def _existing(self) -> Path:
         p = self.directory
