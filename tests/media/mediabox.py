@@ -122,9 +122,11 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.05, what: str =
         if value:
             return value
         if box is not None and box.proc is not None and box.proc.poll() is not None:
+            what = what() if callable(what) else what
             raise AssertionError(f"the service exited while waiting for {what}:\n"
                                  + box.output()[-4000:])
         time.sleep(interval)
+    what = what() if callable(what) else what
     raise AssertionError(f"timed out waiting for {what}"
                          + (f":\n{box.output()[-4000:]}" if box is not None else ""))
 
@@ -134,10 +136,17 @@ def wait_job(state: Path, states, timeout: float = 90, box=None, count: int = 1)
     states = (states,) if isinstance(states, str) else tuple(states)
 
     def check():
-        found = [j for j in jobs(state) if j["state"] in states]
+        current = jobs(state)
+        if "failed" not in states:
+            failed = [j for j in current if j["state"] == "failed"]
+            if failed:
+                raise AssertionError(f"job failed: {failed}"
+                                     + (f"\n{box.output()[-4000:]}" if box else ""))
+        found = [j for j in current if j["state"] in states]
         return found if len(found) >= count else None
 
-    return wait_for(check, timeout, what=f"{count} job(s) in {states}: {jobs(state)}", box=box)
+    return wait_for(check, timeout, what=lambda: f"{count} job(s) in {states}: {jobs(state)}",
+                    box=box)
 
 
 def log_of(state: Path, job_id: str) -> list[str]:

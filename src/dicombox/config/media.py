@@ -17,8 +17,10 @@ from typing import Literal
 from .core import check_ae_title, check_ae_titles, check_networks, check_port
 from .schema import ConfigError, setting
 
-#: Media application profiles a job may be written with ("auto": chosen per medium).
-PROFILES = ("auto", "STD-GEN-CD", "STD-GEN-DVD-JPEG", "STD-GEN-USB-JPEG")
+#: Media application profiles a job may be written with ("auto": chosen per medium);
+#: the names of ``dicombox.media.profiles.PROFILES`` (a test keeps them equal).
+PROFILES = ("auto", "STD-GEN-CD", "STD-GEN-DVD-JPEG", "STD-GEN-DVD-J2K", "STD-GEN-BD-JPEG",
+            "STD-GEN-USB-JPEG", "STD-GEN-USB-J2K")
 
 
 def check_device(value: str) -> str | None:
@@ -47,6 +49,10 @@ class OpticalSettings:
     speed: str = setting("", check=check_speed,
                          doc="burn speed as xorriso takes it (empty: the drive's maximum)")
     eject: bool = setting(True, doc="eject the disc after it was written and verified")
+    overwrite: bool = setting(
+        False, doc="a write interrupted by a crash or a stop resumes on the same rewritable "
+                   "disc (DVD+RW, BD-RE, a stdio: pseudo-drive) instead of asking for a "
+                   "blank one; new jobs always need a blank disc")
 
     def event_node(self) -> str:
         """The node whose udev events stand for this drive ("" when none)."""
@@ -94,8 +100,8 @@ class MediaSection:
         0, min=0, doc="medium capacity used to split jobs over several media "
                       "(0: what the medium reports; folder: no splitting)")
     profile: Literal[PROFILES] = setting(  # type: ignore[valid-type]
-        "auto", doc="media application profile (auto: General Purpose CD-R for CDs, "
-                    "the DVD/USB profiles that allow compressed images otherwise)")
+        "auto", doc="media application profile (auto: General Purpose CD-R for CDs, the "
+                    "BD/DVD/USB profiles with JPEG otherwise)")
     verify: bool = setting(True, doc="read every written medium back and compare it")
     max_attempts: int = setting(
         3, min=1, max=50, doc="media tried for one volume before its job fails for good")

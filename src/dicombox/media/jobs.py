@@ -29,7 +29,9 @@ Other columns: grouping (``group_kind``, ``group_key``), what it holds
 times (``last_instance_at``, ``closed_at``, ``started_at``, ``finished_at``),
 the volume being worked on (``volume`` of ``volumes``), the attempts made on
 it, ``note`` (why a ``ready`` job waits), ``detail`` (JSON: step, bytes done
-and total, rate in bytes/s, ETA in seconds) and ``burn_requested``.
+and total, rate in bytes/s, ETA in seconds), ``burn_requested``, and
+``medium_refused`` with ``medium_generation`` (the medium in the drive was
+refused for this job; only a newly inserted one is tried).
 
 ``media_job_instances``: the instances of a job, with the attributes the
 file-set needs and the file (relative to ``<state_dir>/media``) and SHA-256 it
@@ -133,6 +135,7 @@ MIGRATIONS = [
             auto_retry INTEGER NOT NULL DEFAULT 0,
             medium_generation INTEGER NOT NULL DEFAULT 0,
             burn_requested INTEGER NOT NULL DEFAULT 0,
+            medium_refused INTEGER NOT NULL DEFAULT 0,
             note TEXT,
             detail TEXT,
             writer TEXT NOT NULL DEFAULT '',
@@ -165,6 +168,7 @@ MIGRATIONS = [
             bytes INTEGER NOT NULL DEFAULT 0,
             profile TEXT NOT NULL DEFAULT '',
             image_bytes INTEGER NOT NULL DEFAULT 0,
+            image_sha256 TEXT NOT NULL DEFAULT '',
             medium TEXT NOT NULL DEFAULT '',
             built_at REAL,
             written_at REAL,
@@ -475,8 +479,11 @@ class JobStore:
             conn.execute("UPDATE media_jobs SET volumes = ?, volume = 1, attempts = 0, "
                          "profile = ?, writer = ?, updated_at = ? WHERE id = ?",
                          (len(volumes), profile, writer, time.time(), job_id))
-            self._log(conn, job_id, BUILDING if volumes else READY,
-                      f"planned {len(volumes)} volume(s)", time.time())
+            state = conn.execute("SELECT state FROM media_jobs WHERE id = ?",
+                                 (job_id,)).fetchone()
+            self._log(conn, job_id, state["state"] if state else READY,
+                      f"planned {len(volumes)} volume(s), profile {profile or '-'}",
+                      time.time())
 
     def volume(self, job_id: str, volume: int) -> dict | None:
         row = self.db.query_one("SELECT * FROM media_volumes WHERE job_id = ? AND volume = ?",
