@@ -108,6 +108,33 @@ def test_usb_profile_keeps_jpeg_lossless_as_received(job, tmp_path):
     assert not ok and "LittleEndianExplicit expected" in messages
 
 
+@pytest.mark.parametrize("kind, kept_on_usb", [
+    ("jpeg-baseline", True), ("rle", False), ("jpeg-ls", False), ("j2k-lossless", False)])
+def test_every_stored_syntax_reaches_the_cd_profile(tmp_path, kind, kept_on_usb):
+    plain = datagen.ct_series(tmp_path / "src", 2, rows=32, cols=48)
+    stored = [datagen.compress(p, tmp_path / kind / p.name, kind) for p in plain]
+    instances = [K.source(p) for p in stored]
+    cd = build(instances, tmp_path / "cd")
+    assert cd.converted == 2
+    K.check_dicomdir(tmp_path / "cd")
+    for src in stored:
+        original = dcmread(src)
+        out = dcmread(tmp_path / "cd" / cd.instance_files[str(original.SOPInstanceUID)])
+        assert out.file_meta.TransferSyntaxUID == EXPLICIT_LE
+        assert np.array_equal(out.pixel_array, original.pixel_array)
+        if kind == "jpeg-baseline":
+            assert out.LossyImageCompression == "01"   # still says it was lossy
+    usb = build(instances, tmp_path / "usb", profile="STD-GEN-USB-JPEG")
+    assert usb.converted == (0 if kept_on_usb else 2)
+    ok, messages = K.dcmmkdir(tmp_path / "usb", "-Pfl", tmp_path / "DICOMDIR.dcmtk")
+    assert ok, messages
+    if kind == "j2k-lossless":
+        j2k = build(instances, tmp_path / "j2k", profile="STD-GEN-USB-J2K")
+        assert j2k.converted == 0
+        ok, messages = K.dcmmkdir(tmp_path / "j2k", "-Pf2", tmp_path / "DICOMDIR.j2k")
+        assert ok, messages
+
+
 def _raw_value(path: Path, keyword: str) -> bytes:
     """The undecoded bytes of an element of a Part 10 file's top-level dataset."""
     from pydicom.filereader import read_partial

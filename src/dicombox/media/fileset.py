@@ -14,7 +14,8 @@ How the files get there matters more on a small box than the records:
   any size needs memory for its directory records only;
 - an instance the profile allows is copied in 1 MiB chunks, hashed on the
   way and checked against the SHA-256 it had in the spool; one the profile
-  does not allow is converted (:mod:`.convert`), one at a time;
+  does not allow is checked the same way, then converted frame by frame by
+  the router's transcoder (:mod:`.convert`);
 - the file-set is assembled in ``<out_dir>.partial`` and renamed to
   ``out_dir`` only when complete and synced, so ``out_dir`` either does not
   exist or holds a whole file-set.
