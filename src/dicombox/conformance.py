@@ -25,6 +25,7 @@ TABLE_MODULES = [
     "dicombox.router.conformance",
     "dicombox.mpps.conformance",
     "dicombox.commit.conformance",
+    "dicombox.media.interchange",
 ]
 
 PLACEHOLDER = re.compile(r"^\{\{table:([a-z0-9_-]+)\}\}$", re.M)

@@ -135,6 +135,23 @@ def test_every_stored_syntax_reaches_the_cd_profile(tmp_path, kind, kept_on_usb)
         assert ok, messages
 
 
+def test_what_cannot_be_decoded_is_written_as_received(tmp_path):
+    from pydicom.encaps import encapsulate
+    path = datagen.ct_series(tmp_path / "src", 1, rows=16, cols=16)[0]
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"     # MPEG2 MP@ML
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x10" * 60])
+    ds["PixelData"].VR = "OB"
+    ds.NumberOfFrames = 1
+    ds.save_as(path, enforce_file_format=True)
+    inst = K.source(path)
+    result = build([inst], tmp_path / "fs")
+    assert result.converted == 0 and result.outside_profile == 1
+    assert K.tree_checksums(tmp_path / "fs")[result.instance_files[inst.sop_instance_uid]] \
+        == inst.sha256
+    K.check_dicomdir(tmp_path / "fs")
+
+
 def _raw_value(path: Path, keyword: str) -> bytes:
     """The undecoded bytes of an element of a Part 10 file's top-level dataset."""
     from pydicom.filereader import read_partial

@@ -95,8 +95,13 @@ def test_burn_to_a_pseudo_drive_then_read_it_back(small, tmp_path):
     assert progress[-1] == (iso.stat().st_size, iso.stat().st_size)
     assert writer.probe().state is MediumState.APPENDABLE
     checked = []
-    writer.verify(iso_path=iso, progress=lambda d, t: checked.append((d, t)))
+    writer.verify(iso, result.files, progress=lambda d, t: checked.append((d, t)))
     assert checked[-1][0] == checked[-1][1]
+    wrong = [(rel, "0" * 64 if rel == "DICOMDIR" else sha, size)
+             for rel, sha, size in result.files]
+    with pytest.raises(MediaError) as err:
+        writer.verify(iso, wrong)
+    assert err.value.kind == "verify-failed" and "DICOMDIR" in str(err.value)
     # Independent read-back: xorriso extracts the disc, dicom3tools check it.
     extracted = K.extract_iso(disc, tmp_path / "out")
     assert extracted == {rel: sha for rel, sha, _ in result.files}
@@ -274,6 +279,7 @@ def test_folder_receives_a_verified_image(small, tmp_path):
     assert dst == tmp_path / "out" / "isos" / iso.name
     assert K.sha256(dst) == K.sha256(iso)
     writer.verify(iso_path=iso)
+    writer.verify(iso, small[1].files, iso_sha256=K.sha256(iso))
     with open(dst, "r+b") as f:
         f.seek(40000)
         f.write(b"\xff")

@@ -101,7 +101,8 @@ class FileSetResult:
     profile: str
     fileset_id: str = ""
     instances: int = 0
-    converted: int = 0
+    converted: int = 0          # written in another transfer syntax than received
+    outside_profile: int = 0    # kept as received although the profile does not allow it
     patients: int = 0
     studies: int = 0
     instance_files: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> path
@@ -289,8 +290,25 @@ class _Entry:
     source: SourceInstance
     place: tuple[str, ...]
     leaf: object
+    stored_ts: str
     target_ts: str
     sort_key: tuple
+
+
+def _target_syntax(profile: Profile, stored: str, src: SourceInstance) -> str:
+    """What the profile wants, unless nothing can decode ``stored`` (video, big endian).
+
+    Such an instance is written as received: a disc that holds the video
+    outside its profile serves the patient better than no disc.
+    """
+    from ..transcode import NOT_SUPPORTED, classify
+
+    target = profile.target_syntax(stored)
+    if target != stored and classify(stored, target).value == NOT_SUPPORTED:
+        LOGGER.warning("%s: %s cannot be decoded; written as received, outside %s",
+                       src.path.name, stored, profile.name)
+        return stored
+    return target
 
 
 def _summarise(ds, patients: dict[str, pdi.PatientInfo]) -> None:
@@ -345,13 +363,14 @@ def _read_header(src: SourceInstance):
 
 def _prepare(instances: Sequence[SourceInstance], fs: _FileSet, profile: Profile,
              created: datetime, cancel: threading.Event | None
-             ) -> tuple[list[_Entry], dict[str, pdi.PatientInfo]]:
+             ) -> tuple[list[_Entry], dict[str, pdi.PatientInfo], int]:
     """Read each header once: directory records, target syntax, summary, order."""
     counters = _Counters()
     patients: dict[str, pdi.PatientInfo] = {}
     order: dict[str, int] = {}
     entries: list[_Entry] = []
     seen: set[str] = set()
+    outside = 0
     for src in instances:
         check_cancel(cancel)
         if src.sop_instance_uid in seen:
@@ -360,7 +379,8 @@ def _prepare(instances: Sequence[SourceInstance], fs: _FileSet, profile: Profile
         seen.add(src.sop_instance_uid)
         ds = _read_header(src)
         _complete_header(ds, created, counters)
-        target = profile.target_syntax(str(ds.file_meta.TransferSyntaxUID))
+        stored = str(ds.file_meta.TransferSyntaxUID)
+        target = _target_syntax(profile, stored, src)
         ds.file_meta.TransferSyntaxUID = target
         try:
             place, leaf = fs.prepare(ds)
@@ -373,16 +393,17 @@ def _prepare(instances: Sequence[SourceInstance], fs: _FileSet, profile: Profile
                _number(ds.SeriesNumber),
                order.setdefault("E" + str(ds.SeriesInstanceUID), len(order)),
                _number(ds.get("InstanceNumber")), src.sop_instance_uid)
-        entries.append(_Entry(src, place, leaf, target, key))
+        entries.append(_Entry(src, place, leaf, stored, target, key))
+        outside += target == stored and not profile.allows(stored)
         del ds
     entries.sort(key=lambda e: e.sort_key)
-    return entries, patients
+    return entries, patients, outside
 
 
 def _place(entry: _Entry, dst: Path, meter: Meter) -> tuple[str, int, bool]:
     """Write one instance to ``dst``: copy as stored, or convert.  Returns sha, size, converted."""
     src = entry.source
-    converted = entry.target_ts != src.transfer_syntax_uid
+    converted = entry.target_ts != entry.stored_ts
     try:
         if not converted:
             sha, size = copy_file(src.path, dst, meter, fsync=False)
@@ -440,7 +461,7 @@ def _build(instances, out_dir: Path, partial: Path, fsid: str, prof: Profile,
            label: MediaLabel, progress, cancel) -> FileSetResult:
     fs = _FileSet()
     fs.ID = fsid
-    entries, patients = _prepare(instances, fs, prof, label.created, cancel)
+    entries, patients, outside = _prepare(instances, fs, prof, label.created, cancel)
     placed: list[tuple[str, _Entry]] = []
     for entry in entries:
         instance = fs.add_leaf(entry.place, entry.leaf, entry.source.sop_instance_uid)
@@ -482,5 +503,6 @@ def _build(instances, out_dir: Path, partial: Path, fsid: str, prof: Profile,
     meter.finish()
     return FileSetResult(
         files=files, total_bytes=sum(size for _, _, size in files), profile=prof.name,
-        fileset_id=fsid, instances=len(placed), converted=converted, patients=len(plist),
+        fileset_id=fsid, instances=len(placed), converted=converted,
+        outside_profile=outside, patients=len(plist),
         studies=sum(len(p.studies) for p in plist), instance_files=by_uid)

@@ -40,7 +40,7 @@ from pathlib import Path
 from ..store.fsutil import fsync_dir
 from . import proc
 from .errors import MediaError
-from .verify import Meter, copy_file, sha256_file, verify_tree
+from .verify import Meter, copy_file, sha256_file, verify_iso, verify_tree
 
 __all__ = ["MediaError", "MediumState", "MediumInfo", "OpticalWriter", "UsbWriter",
            "FolderWriter", "writer_for", "writer_from_config"]
@@ -76,6 +76,22 @@ def _needs(kind: str, size: int, info: MediumInfo) -> None:
         raise MediaError("too-small",
                          f"the {kind} needs {_mb(size)} but the medium has only "
                          f"{_mb(info.free_bytes)} free")
+
+
+def _image_meter(size: int, files, iso_sha256: str | None, progress, cancel) -> Meter:
+    reads = 1 + (files is not None) + (iso_sha256 is None)
+    return Meter(size * reads, progress, cancel)
+
+
+def _check_image(iso_path: Path, files, iso_sha256: str | None, meter: Meter) -> str:
+    """Compare the image's files with the manifest (when given); return the image's SHA-256.
+
+    With this, a medium that equals the image holds exactly the file-set's files.
+    """
+    if files is not None:
+        verify_iso(iso_path, files, cancel=meter.cancel)
+        meter.add(iso_path.stat().st_size)
+    return iso_sha256 or sha256_file(iso_path, meter)[0]
 
 
 # -- optical ------------------------------------------------------------------------------
@@ -221,8 +237,10 @@ class OpticalWriter:
                progress: Progress | None = None, cancel: threading.Event | None = None) -> None:
         """Read the image's blocks back from the disc and compare them with ``iso_path``.
 
-        The disc is read through libburn (``-check_media``), not the kernel's
-        block device, so a freshly burnt disc is read as it is now.  Ejects
+        With ``files`` (the file-set's manifest) the image's own files are
+        compared with it first.  The disc is read through libburn
+        (``-check_media``), not the kernel's block device, so a freshly burnt
+        disc is read as it is now.  Ejects
         afterwards (also after a failure) when the writer was made with
         ``eject=True``.
         """
@@ -231,8 +249,8 @@ class OpticalWriter:
         iso_path = Path(iso_path)
         try:
             size = iso_path.stat().st_size
-            meter = Meter(size * (1 if iso_sha256 else 2), progress, cancel)
-            expected = iso_sha256 or sha256_file(iso_path, meter)[0]
+            meter = _image_meter(size, files, iso_sha256, progress, cancel)
+            expected = _check_image(iso_path, files, iso_sha256, meter)
             blocks = -(-size // BLOCK)
             h = hashlib.sha256()
             got = 0
@@ -597,8 +615,8 @@ class FolderWriter:
         iso_path = Path(iso_path)
         dst = self.target_for(iso_path)
         size = iso_path.stat().st_size
-        meter = Meter(size * (1 if iso_sha256 else 2), progress, cancel)
-        expected = iso_sha256 or sha256_file(iso_path, meter)[0]
+        meter = _image_meter(size, files, iso_sha256, progress, cancel)
+        expected = _check_image(iso_path, files, iso_sha256, meter)
         try:
             got, got_size = sha256_file(dst, meter, uncached=True)
         except FileNotFoundError:
