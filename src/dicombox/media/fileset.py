@@ -153,6 +153,22 @@ class _FileSet(FileSet):
         super().__init__()
         self._nodes: dict[tuple[str, ...], RecordNode] = {}
         self._uppers: dict[tuple[str, ...], object] = {}
+        self._writing = False
+
+    def write(self, path) -> None:
+        self._writing = True
+        try:
+            super().write(path)
+        finally:
+            self._writing = False
+
+    def load(self, *args, **kwargs) -> None:
+        # write() ends by parsing the DICOMDIR it wrote into a second record
+        # tree, doubling the memory the records take; this file-set is not
+        # used after writing (dciodvfy and dcdirdmp check the DICOMDIR in the
+        # tests), so that reload is skipped.
+        if not self._writing:
+            super().load(*args, **kwargs)
 
     def prepare(self, ds) -> tuple[tuple[str, ...], object]:
         """The records of an instance: (its place in the tree, its leaf record).
