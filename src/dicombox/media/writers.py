@@ -324,6 +324,8 @@ class UsbWriter:
 
     kind = "usb"
     needs_iso = False
+    #: Files per mcopy run (keeps the command line short whatever the series size).
+    MCOPY_BATCH = 400
 
     def __init__(self, target: Path | None = None, image: Path | str | None = None, *,
                  require_mount: bool = True, mtools_prefix: str = ""):
@@ -404,11 +406,17 @@ class UsbWriter:
                           kind)
 
     def _cluster(self) -> int:
+        """The file system's allocation unit (32 KiB, the largest usual, if unknown)."""
         if self.target is not None:
             try:
                 return max(os.statvfs(self.target).f_bsize, 512)
             except OSError:
                 return 32 * 1024
+        done = self._mtools("minfo", "::")
+        sector = re.search(r"sector size:\s*(\d+) bytes", done.text())
+        cluster = re.search(r"cluster size:\s*(\d+) sectors", done.text())
+        if done.returncode == 0 and sector and cluster:
+            return int(sector.group(1)) * int(cluster.group(1))
         return 32 * 1024
 
     def check(self, info: MediumInfo, files: Sequence[tuple[str, Path, int]]) -> None:
@@ -472,12 +480,14 @@ class UsbWriter:
             by_dir.setdefault(item[0].rpartition("/")[0], []).append(item)
         ordered = sorted(by_dir.items(), key=lambda kv: any(r == "DICOMDIR" for r, _, _ in kv[1]))
         for d, items in ordered:
-            batch = [str(p) for _, p, _ in items]
-            done = self._mtools("mcopy", "-p", "-m", "-D", "o", "-Q", *batch,
-                                "::/" + d + ("/" if d else ""), cancel=cancel)
-            if done.returncode != 0:
-                self._image_failure(done)
-            meter.add(sum(size for _, _, size in items))
+            for i in range(0, len(items), self.MCOPY_BATCH):
+                batch = items[i:i + self.MCOPY_BATCH]
+                done = self._mtools("mcopy", "-p", "-m", "-D", "o", "-Q",
+                                    *[str(p) for _, p, _ in batch],
+                                    "::/" + d + ("/" if d else ""), cancel=cancel)
+                if done.returncode != 0:
+                    self._image_failure(done)
+                meter.add(sum(size for _, _, size in batch))
         try:
             fd = os.open(self._image_file(), os.O_RDWR)
             try:
