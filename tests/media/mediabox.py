@@ -5,11 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
+import tomllib
 from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.fileset import FileSet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import DICOMBOX, dcmtk, require, write_config  # noqa: E402
+
+#: ISO 9660 level 1 names as isoinfo lists them: FILENAME.EXT;1 (8.3) and DIRNAME.
+ISO_NAME = re.compile(r"^(?:[A-Z0-9_]{1,8}\.[A-Z0-9_]{0,3};1|[A-Z0-9_]{1,8}|\.|\.\.)$")
 
 HERE = Path(__file__).resolve().parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -175,3 +189,137 @@ def extract(image: Path, out: Path) -> Path:
                         str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
+
+
+# -- killing the service as a power cut (or systemd's cgroup kill) would ------------------
+
+def kill_hard(box, *markers: str) -> None:
+    """kill -9 the service, then any helper it started (xorriso, mtools) that names one
+    of ``markers``: systemd kills the whole unit, a power cut kills everything."""
+    import psutil
+
+    try:
+        children = psutil.Process(box.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    box.kill()
+    leftovers = list(children)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if markers and any(m in cmd for m in markers) and proc not in leftovers:
+            leftovers.append(proc)
+    for proc in leftovers:
+        try:
+            proc.kill()
+            proc.wait(10)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def job_detail(job: dict) -> dict:
+    return json.loads(job["detail"]) if job.get("detail") else {}
+
+
+# -- the media service under test ---------------------------------------------------------
+
+def media_port(config) -> int:
+    return tomllib.loads(config.read_text())["media"]["port"]
+
+
+def media_config(tmp_path, **media):
+    base = {"grouping": "association", "idle_seconds": 1, "writer": "optical",
+            "udev": False, "probe_seconds": 0.3, "keep_done_hours": 1,
+            "optical": {"device": f"stdio:{tmp_path / 'disc.iso'}"}}
+    for key, value in media.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return write_config(tmp_path, media=base)
+
+
+def send(config, *files, aet="MODALITY", extra=("-xs",)):
+    """One storescu association; -xs proposes JPEG Lossless next to uncompressed."""
+    r = dcmtk("storescu", *extra, "-aet", aet, "-aec", "DICOMBOX_CD", "127.0.0.1",
+              media_port(config), *files)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def cli(config, *args, check=True):
+    r = subprocess.run([*DICOMBOX, "--config", str(config), *args], capture_output=True,
+                       text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def manifest(state, job_id, volume=1):
+    conn = sqlite3.connect(state / "media" / "index.db")
+    rows = conn.execute("SELECT path, sha256, size FROM media_files WHERE job_id = ? AND "
+                        "volume = ?", (job_id, volume)).fetchall()
+    conn.close()
+    return rows
+
+
+def spool_rows(state, job_id, volume=None):
+    conn = sqlite3.connect(state / "media" / "index.db")
+    conn.row_factory = sqlite3.Row
+    sql = "SELECT * FROM media_job_instances WHERE job_id = ?"
+    params = [job_id]
+    if volume is not None:
+        sql += " AND volume = ?"
+        params.append(volume)
+    rows = [dict(r) for r in conn.execute(sql, params)]
+    conn.close()
+    return rows
+
+
+def check_disc(disc, state, job_id, out, volume=1):
+    """Every check a receiving site would make, on one disc of a job."""
+    require("isoinfo")
+    listing = subprocess.run(["isoinfo", "-l", "-i", str(disc)], capture_output=True,
+                             text=True, check=True).stdout
+    names = [line.split()[-1] for line in listing.splitlines()
+             if line[:1] in "-d" and line[1:2] in "-r" and "[" in line]
+    assert names and all(ISO_NAME.match(n) for n in names), [
+        n for n in names if not ISO_NAME.match(n)]
+    return check_fileset(extract(disc, out), state, job_id, volume)
+
+
+def check_fileset(root, state, job_id, volume=1):
+    """The file-set read back from a medium: DICOMDIR and instances valid for dicom3tools,
+    every file as built, every instance as spooled."""
+    require("dciodvfy", "dcdirdmp", "dcentvfy")
+    dicomdir = root / "DICOMDIR"
+    r = subprocess.run(["dciodvfy", str(dicomdir)], capture_output=True, text=True)
+    assert r.returncode == 0 and "Error" not in r.stdout + r.stderr, r.stdout + r.stderr
+    r = subprocess.run(["dcdirdmp", str(dicomdir)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # Every file the job built is on the disc, byte for byte, and nothing else.
+    files = manifest(state, job_id, volume)
+    on_disc = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert on_disc == {f[0] for f in files}
+    for rel, digest, size in files:
+        assert sha256(root / rel) == digest and (root / rel).stat().st_size == size, rel
+    # The DICOMDIR references exactly the job's instances of this volume.
+    fs = FileSet(dicomdir)
+    by_uid = {i.SOPInstanceUID: i.path for i in fs}
+    rows = spool_rows(state, job_id, volume)
+    assert set(by_uid) == {r["sop_instance_uid"] for r in rows}
+    r = subprocess.run(["dcentvfy", *by_uid.values()], capture_output=True, text=True)
+    assert r.returncode == 0 and "Error" not in r.stdout + r.stderr, r.stdout + r.stderr
+    # Each instance is the spooled one: the same bytes, or (decompressed for the
+    # profile) the same pixels.
+    for row in rows:
+        spooled = state / "media" / row["path"]
+        written = by_uid[row["sop_instance_uid"]]
+        meta = dcmread(written, stop_before_pixels=True).file_meta
+        if meta.TransferSyntaxUID == row["transfer_syntax_uid"]:
+            assert sha256(written) == row["sha256"] == sha256(spooled)
+        else:
+            assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+            a, b = dcmread(written), dcmread(spooled)
+            if "PixelData" in b:
+                assert np.array_equal(a.pixel_array, b.pixel_array)
+    return root, fs

@@ -6,25 +6,31 @@ dcentvfy), ``isoinfo -l`` and against the spool's checksums.
 """
 
 import json
-import re
+import os
 import sqlite3
 import subprocess
-import tomllib
 
-import numpy as np
 import pytest
-from mediabox import extract, jobs, log_of, sha256, wait_for, wait_job
+from mediabox import (
+    check_disc,
+    check_fileset,
+    cli,
+    jobs,
+    log_of,
+    media_config,
+    media_port,
+    send,
+    wait_for,
+    wait_job,
+)
 from pydicom import dcmread
-from pydicom.fileset import FileSet
 
 from datagen import compress, ct_series, sr_document
-from helpers import DICOMBOX, dcmtk, require, write_config
+from helpers import dcmtk, require
 
 JP_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
 #: The Specific Character Set a Japanese modality sends (ISO 2022 with JIS X 0208).
 JAPANESE = ["", "ISO 2022 IR 87"]
-#: ISO 9660 level 1 names as isoinfo lists them: FILENAME.EXT;1 (8.3) and DIRNAME.
-ISO_NAME = re.compile(r"^(?:[A-Z0-9_]{1,8}\.[A-Z0-9_]{0,3};1|[A-Z0-9_]{1,8}|\.|\.\.)$")
 
 
 @pytest.fixture(scope="module")
@@ -37,103 +43,6 @@ def studies(tmp_path_factory):
     report = sr_document(d / "sr", patient=("Roe^Jane", "P2"))  # a report, its own study
     return {"japanese": japanese, "compressed": compressed, "sr": [report],
             "sources": sources}
-
-
-def media_port(config) -> int:
-    return tomllib.loads(config.read_text())["media"]["port"]
-
-
-def media_config(tmp_path, **media):
-    base = {"grouping": "association", "idle_seconds": 1, "writer": "optical",
-            "udev": False, "probe_seconds": 0.3, "keep_done_hours": 1,
-            "optical": {"device": f"stdio:{tmp_path / 'disc.iso'}"}}
-    for key, value in media.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return write_config(tmp_path, media=base)
-
-
-def send(config, *files, aet="MODALITY", extra=("-xs",)):
-    """One storescu association; -xs proposes JPEG Lossless next to uncompressed."""
-    r = dcmtk("storescu", *extra, "-aet", aet, "-aec", "DICOMBOX_CD", "127.0.0.1",
-              media_port(config), *files)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r
-
-
-def cli(config, *args, check=True):
-    r = subprocess.run([*DICOMBOX, "--config", str(config), *args], capture_output=True,
-                       text=True, timeout=120)
-    if check:
-        assert r.returncode == 0, r.stdout + r.stderr
-    return r
-
-
-def manifest(state, job_id, volume=1):
-    conn = sqlite3.connect(state / "media" / "index.db")
-    rows = conn.execute("SELECT path, sha256, size FROM media_files WHERE job_id = ? AND "
-                        "volume = ?", (job_id, volume)).fetchall()
-    conn.close()
-    return rows
-
-
-def spool_rows(state, job_id, volume=None):
-    conn = sqlite3.connect(state / "media" / "index.db")
-    conn.row_factory = sqlite3.Row
-    sql = "SELECT * FROM media_job_instances WHERE job_id = ?"
-    params = [job_id]
-    if volume is not None:
-        sql += " AND volume = ?"
-        params.append(volume)
-    rows = [dict(r) for r in conn.execute(sql, params)]
-    conn.close()
-    return rows
-
-
-def check_disc(disc, state, job_id, out, volume=1):
-    """Every check a receiving site would make, on one disc of a job."""
-    require("dciodvfy", "dcdirdmp", "dcentvfy", "isoinfo")
-    listing = subprocess.run(["isoinfo", "-l", "-i", str(disc)], capture_output=True,
-                             text=True, check=True).stdout
-    names = [line.split()[-1] for line in listing.splitlines()
-             if line[:1] in "-d" and line[1:2] in "-r" and "[" in line]
-    assert names and all(ISO_NAME.match(n) for n in names), [
-        n for n in names if not ISO_NAME.match(n)]
-    root = extract(disc, out)
-    dicomdir = root / "DICOMDIR"
-    r = subprocess.run(["dciodvfy", str(dicomdir)], capture_output=True, text=True)
-    assert r.returncode == 0 and "Error" not in r.stdout + r.stderr, r.stdout + r.stderr
-    r = subprocess.run(["dcdirdmp", str(dicomdir)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    # Every file the job built is on the disc, byte for byte, and nothing else.
-    files = manifest(state, job_id, volume)
-    on_disc = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    assert on_disc == {f[0] for f in files}
-    for rel, digest, size in files:
-        assert sha256(root / rel) == digest and (root / rel).stat().st_size == size, rel
-    # The DICOMDIR references exactly the job's instances of this volume.
-    fs = FileSet(dicomdir)
-    by_uid = {i.SOPInstanceUID: i.path for i in fs}
-    rows = spool_rows(state, job_id, volume)
-    assert set(by_uid) == {r["sop_instance_uid"] for r in rows}
-    r = subprocess.run(["dcentvfy", *by_uid.values()], capture_output=True, text=True)
-    assert r.returncode == 0 and "Error" not in r.stdout + r.stderr, r.stdout + r.stderr
-    # Each instance is the spooled one: the same bytes, or (decompressed for the
-    # profile) the same pixels.
-    for row in rows:
-        spooled = state / "media" / row["path"]
-        written = by_uid[row["sop_instance_uid"]]
-        meta = dcmread(written, stop_before_pixels=True).file_meta
-        if meta.TransferSyntaxUID == row["transfer_syntax_uid"]:
-            assert sha256(written) == row["sha256"] == sha256(spooled)
-        else:
-            assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
-            a, b = dcmread(written), dcmread(spooled)
-            if "PixelData" in b:
-                assert np.array_equal(a.pixel_array, b.pixel_array)
-    return root, fs
 
 
 @pytest.mark.parametrize("profile", ["auto", "STD-GEN-CD"])
@@ -186,6 +95,29 @@ def _snapshot(state):
     row = conn.execute("SELECT value FROM service_state WHERE key = 'media'").fetchone()
     conn.close()
     return json.loads(row[0]) if row else {}
+
+
+def test_usb_fat_image_receives_a_verified_copy(box, tmp_path, studies):
+    require("mkfs.vfat", "mcopy", "fsck.vfat")
+    image = tmp_path / "stick.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.vfat", "-F", "32", "-n", "PDI", str(image)], check=True,
+                   capture_output=True)
+    config = media_config(tmp_path, writer="usb", usb={"image": str(image)})
+    media = box("media", config=config)
+    state = tmp_path / "state"
+    send(config, *studies["japanese"], *studies["compressed"])
+    [job] = wait_job(state, "done", box=media)
+    assert job["profile"] == "STD-GEN-USB-JPEG"
+    r = subprocess.run(["fsck.vfat", "-n", str(image)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "stick"
+    out.mkdir()
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    subprocess.run(["mcopy", "-s", "-n", "-i", str(image), "::/*", str(out)], check=True,
+                   capture_output=True, env=env)
+    check_fileset(out, state, job["id"])
 
 
 def test_echo_and_grouping_by_study(box, tmp_path, studies):

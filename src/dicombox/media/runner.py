@@ -535,13 +535,17 @@ class JobRunner(Worker):
                 raise RuntimeError(f"job {job_id} has no volume {job['volume']}")
             state = job["state"]
             if state == J.BUILDING:
+                done = "already built"
                 if volume["state"] == "planned":
                     self._build(job, volume, execution)
-                self.jobs.transition(job_id, "built", f"volume {job['volume']} built")
+                    done = "built"
+                self.jobs.transition(job_id, "built", f"volume {job['volume']} {done}")
             elif state == J.WRITING:
+                done = "already written"
                 if volume["state"] == "built":
                     self._write(job, volume, execution)
-                self.jobs.transition(job_id, "written", f"volume {job['volume']} written")
+                    done = "written"
+                self.jobs.transition(job_id, "written", f"volume {job['volume']} {done}")
             elif state == J.VERIFYING:
                 if volume["state"] == "written":
                     self._verify(job, volume, execution)
