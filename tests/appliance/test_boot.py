@@ -3,8 +3,10 @@ service is restarted by its watchdog while the others keep running."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from container import UNITS, seconds
+from container import UNITS, VENV, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +48,20 @@ def test_units_boot_and_watchdog_restarts_a_frozen_service(container):
         echo = container.run("echoscu", "-aec", aet, "127.0.0.1", str(port),
                              namespaces="-n", check=False)
         assert echo.returncode == 0, f"C-ECHO to {aet}:{port}: {echo.stderr}"
+
+    # The panel, sandboxed as it is, reads the other services' state: every
+    # service up, nothing going on (what it shows, read through the CLI).
+    def leds():
+        out = container.run(f"{VENV}/bin/dicombox", "--config", "/etc/dicombox/dicombox.toml",
+                            "status", "--json", check=False).stdout
+        try:
+            return json.loads(out)["services"]["panel"]["state"]["leds"]
+        except (ValueError, KeyError):
+            return None
+
+    quiet = {"power": "on", "network": "off", "media": "off", "error": "off"}
+    shown = container.wait(lambda: (lambda v: v if v == quiet else None)(leds()), timeout=30)
+    assert shown == quiet, f"the panel shows {leds()}:\n" + container.diagnostics()
 
     frozen = "dicombox-router"
     before = states[frozen]
