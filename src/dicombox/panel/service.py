@@ -37,8 +37,9 @@ MIGRATIONS = [
     """),
 ]
 
-#: Seconds between two snapshots when nothing changes (others read staleness).
-PUBLISH_INTERVAL = 5.0
+#: Seconds between two snapshots when nothing changes: often enough for
+#: `dicombox status` to tell a live panel (20 s), rarely enough to spare the SD card.
+PUBLISH_INTERVAL = 10.0
 
 
 class PanelWorker(Worker):
