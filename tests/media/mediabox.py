@@ -145,13 +145,15 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.05, what: str =
                          + (f":\n{box.output()[-4000:]}" if box is not None else ""))
 
 
-def wait_job(state: Path, states, timeout: float = 90, box=None, count: int = 1) -> list[dict]:
-    """Wait until ``count`` jobs are in one of ``states``; return them."""
+def wait_job(state: Path, states, timeout: float = 90, box=None, count: int = 1,
+             fail_fast: bool = True) -> list[dict]:
+    """Wait until ``count`` jobs are in one of ``states``; return them.  A failed job
+    ends the wait at once unless ``fail_fast`` is false (a retry is expected)."""
     states = (states,) if isinstance(states, str) else tuple(states)
 
     def check():
         current = jobs(state)
-        if "failed" not in states:
+        if fail_fast and "failed" not in states:
             failed = [j for j in current if j["state"] == "failed"]
             if failed:
                 raise AssertionError(f"job failed: {failed}"

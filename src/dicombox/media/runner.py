@@ -89,6 +89,8 @@ class MediumStatus:
     checked_at: float = 0.0
     #: A job used the medium since it was last checked.
     stale: bool = False
+    #: The writer's last answer (a ``writers.MediumInfo``), when it was probed.
+    info: object = None
 
     def as_dict(self) -> dict:
         if self.stale:
@@ -310,6 +312,7 @@ class JobRunner(Worker):
             status.description = status.problem
             return
         state = info.state
+        status.info = info
         status.description = info.description or state.name.lower()
         status.media_type = info.media_type
         status.capacity_bytes = info.capacity_bytes or 0
@@ -577,12 +580,14 @@ class JobRunner(Worker):
         sources = [self._source(r) for r in rows]
         profile = profiles().choose(self.media.writer, medium.media_type,
                                     medium.capacity_bytes, self.media.profile)
+        writer = self.writer()
         capacity = self.media.capacity_mb * 1024 * 1024
-        if not capacity and self.media.writer != "folder":
-            capacity = medium.free_bytes or medium.capacity_bytes
+        if not capacity and self.media.writer != "folder" and medium.info is not None:
+            capacity = writer.usable_bytes(medium.info)
         if capacity:
             groups = span.plan_volumes(sources, capacity,
-                                       size_of=lambda s: fileset.size_on_medium(s, profile))
+                                       size_of=lambda s: fileset.size_on_medium(s, profile),
+                                       block_bytes=writer.block_bytes)
         else:
             groups = [sources]
         by_uid = {r["sop_instance_uid"]: r["instance_id"] for r in rows}

@@ -472,7 +472,10 @@ class UsbWriter:
                        for i in range(1, rel.count("/") + 1)}, key=lambda d: (d.count("/"), d))
         for d in dirs:
             done = self._mtools("mmd", "-D", "s", "::/" + d, cancel=cancel)
-            if done.returncode != 0 and "already exists" not in done.text():
+            # mmd -D s exits 1 without a word for a folder that exists (a stick
+            # pulled mid-copy and plugged in again holds the folders already).
+            if done.returncode != 0 and "already exists" not in done.text() and \
+                    self._mtools("mdir", "-b", "::/" + d, cancel=cancel).returncode != 0:
                 self._image_failure(done)
         # One mcopy per directory: mtools reads the FAT once per run.
         by_dir: dict[str, list[tuple[str, Path, int]]] = {}
