@@ -31,6 +31,8 @@ COMMAND_MODULES = [
     "dicombox.commands.commit",
     "dicombox.commands.media",
     "dicombox.commands.mpps",
+    "dicombox.commands.queue",
+    "dicombox.commands.route",
 ]
 
 

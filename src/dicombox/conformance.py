@@ -25,6 +25,8 @@ TABLE_MODULES = [
     "dicombox.router.conformance",
     "dicombox.mpps.conformance",
     "dicombox.commit.conformance",
+    "dicombox.transcode",
+    "dicombox.router.forward",
     "dicombox.media.interchange",
 ]
 

@@ -33,6 +33,7 @@ STALE_TMP_SECONDS = 3600
 #: workers ("module:Class"; each class follows :class:`RouterComponent`).
 COMPONENTS: list[str] = [
     "dicombox.commit.scp:Commitment",
+    "dicombox.router.forward:Forwarding",
 ]
 
 
