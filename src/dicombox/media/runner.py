@@ -440,6 +440,8 @@ class JobRunner(Worker):
         return execution if execution is not None and execution.alive() else None
 
     def _command(self, command: str, job_id: str | None) -> str:
+        if command not in J.COMMANDS:
+            raise ValueError(f"unknown command {command!r}")
         running = self.running()
         if command == "burn":
             return self._burn(job_id)
