@@ -384,7 +384,8 @@ class JobRunner(Worker):
                 continue
             if refused:
                 error = job["error"]
-                note = "waiting for another medium"
+                note = ("insert the next medium" if job["volume"] > 1 and not error
+                        else "insert another medium")
             else:
                 error, note = medium.problem, medium.note
             if job["volume"] > 1 and note:
@@ -595,8 +596,9 @@ class JobRunner(Worker):
         by_uid = {r["sop_instance_uid"]: r["instance_id"] for r in rows}
         plan = [[by_uid[s.sop_instance_uid] for s in group] for group in groups]
         self.jobs.plan(job["id"], plan, profile=profile.name, writer=self.media.writer)
-        LOGGER.info("job %s: %d instance(s) on %d volume(s), profile %s", job["id"], len(rows),
-                    len(plan), profile.name)
+        LOGGER.info("job %s: %d instance(s) on %d volume(s) of %s, profile %s", job["id"],
+                    len(rows), len(plan),
+                    f"{capacity / 1e6:.1f} MB" if capacity else "any size", profile.name)
 
     def _source(self, row: dict):
         fileset, *_ = library()
