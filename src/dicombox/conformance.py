@@ -28,6 +28,7 @@ TABLE_MODULES = [
     "dicombox.transcode",
     "dicombox.router.forward",
     "dicombox.media.interchange",
+    "dicombox.media.service",
 ]
 
 PLACEHOLDER = re.compile(r"^\{\{table:([a-z0-9_-]+)\}\}$", re.M)
