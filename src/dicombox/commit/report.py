@@ -166,6 +166,7 @@ class ReportSender(Worker):
                                self.section.report_timeout)
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
 
     def step(self) -> float:
         now = time.time()
@@ -174,6 +175,8 @@ class ReportSender(Worker):
             "ORDER BY next_report_at LIMIT 200")
         wait = 5.0
         for row in rows:
+            if self.stopping.is_set():
+                break
             due = row["next_report_at"] or 0
             with self._lock:
                 if row["id"] in self._inflight:
@@ -193,12 +196,25 @@ class ReportSender(Worker):
         try:
             self.send(request_id)
         except Exception:  # noqa: BLE001 - last resort: keep the report queued
+            if self.stopping.is_set():
+                # The router closed the index under a report in flight; the
+                # request is still `ready` on disk and is sent after the restart.
+                LOGGER.info("report of commitment request %d interrupted by the stop",
+                            request_id)
+                return
             LOGGER.exception("report of commitment request %d failed unexpectedly", request_id)
             self._failed(request_id, "internal error; see the log")
         finally:
             with self._lock:
                 self._inflight.discard(request_id)
+                self._idle.notify_all()
             self.wake()
+
+    def stop(self, timeout: float | None = 10) -> None:
+        """Stop taking reports and give those in flight up to ``timeout`` seconds."""
+        super().stop(timeout)
+        with self._lock:
+            self._idle.wait_for(lambda: not self._inflight, timeout)
 
     def send(self, request_id: int) -> None:
         req = self.db.query_one("SELECT * FROM commit_requests WHERE id = ?", (request_id,))
