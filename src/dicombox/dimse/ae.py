@@ -24,6 +24,8 @@ from pynetdicom.acse import ACSE
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
+from . import reactor
+
 LOGGER = logging.getLogger("dicombox.dimse")
 
 IMPLEMENTATION_CLASS_UID = "2.25.115990870590008594318337194660194638012"
@@ -153,8 +155,12 @@ class Listener:
         self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
-        self.server = self.ae.start_server((self.address, self.port), block=False,
-                                           evt_handlers=self.handlers)
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # pynetdicom's standard handlers format an INFO/DEBUG line for
+            # every PDU and DIMSE message, whether or not it is shown; they
+            # cost more per small instance than storing it.
+            _config.LOG_HANDLER_LEVEL = "none"
+        self.server = reactor.start_server(self.ae, (self.address, self.port), self.handlers)
         # Re-read the bound port (0 means "any free port", used by tests).
         self.port = self.server.server_address[1]
 

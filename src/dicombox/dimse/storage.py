@@ -21,7 +21,7 @@ from pynetdicom import _config
 
 from ..store import DatasetError, DuplicateKept, InstanceInfo, InstanceStore, OutOfSpace
 from ..store.instances import read_header
-from . import status
+from . import receive, status
 
 LOGGER = logging.getLogger("dicombox.storage")
 
@@ -30,10 +30,13 @@ def enable_streaming(tmp_dir: Path) -> None:
     """Stream every received C-STORE dataset to a file in ``tmp_dir``.
 
     Both settings are process-wide; each service runs in its own process and
-    owns one store, so this is set once at start-up.
+    owns one store, so this is set once at start-up.  The files are written
+    by :class:`~dicombox.dimse.receive.SpoolWriter` (hashing and keeping the
+    header in memory as they arrive) where the pynetdicom version allows it.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(tmp_dir)
+    receive.install(tmp_dir)
 
 
 class InFlight:
@@ -155,8 +158,14 @@ class StorageSCP:
             self._count("refused")
             _discard(path)
             return _status(status.OUT_OF_RESOURCES, f"out of storage space: {exc}")
+        writer = receive.writer_for(path)
+        if writer is not None:
+            writer.close()
         try:
-            values, _ds = read_header(path)
+            if writer is not None:
+                values, _ds = read_header(path, writer.head, writer.complete_in_head)
+            else:
+                values, _ds = read_header(path)
         except DatasetError as exc:
             LOGGER.error("C-STORE of %s from %s: %s", sop_instance, calling, exc)
             self._count("failed")
@@ -179,6 +188,9 @@ class StorageSCP:
             return _status(status.DATASET_MISMATCH, "SOP class not accepted")
         info = InstanceInfo(calling_aet=calling, called_aet=called, peer_address=address,
                             **values)
+        if writer is not None:
+            # Hashed while it was received: the store need not read it again.
+            info.sha256, info.size = writer.hexdigest(), writer.size
         hook = None
         if self.on_stored is not None:
             def hook(conn, instance_id, replaced):

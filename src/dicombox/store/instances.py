@@ -15,6 +15,7 @@ never overwrites the file a committed row points at.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -22,11 +23,12 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .db import Database, Migration
 from .fsutil import fsync_dir, makedirs_durable
+from .groupcommit import GroupCommit
 
 LOGGER = logging.getLogger("dicombox.store")
 
@@ -133,6 +135,9 @@ class InstanceInfo:
 
 
 _INFO_FIELDS = [f.name for f in fields(InstanceInfo)]
+_INSERT = (f"INSERT INTO instances ({', '.join(_INFO_FIELDS)}) "
+           f"VALUES ({', '.join('?' for _ in _INFO_FIELDS)})")
+_UPDATE = f"UPDATE instances SET {', '.join(f'{c} = ?' for c in _INFO_FIELDS)} WHERE id = ?"
 _HEADER_TAGS = {
     "patient_id": "PatientID", "patient_name": "PatientName",
     "patient_birth_date": "PatientBirthDate", "patient_sex": "PatientSex",
@@ -144,27 +149,88 @@ _HEADER_TAGS = {
 }
 
 
-def read_header(path: Path) -> tuple[dict, object]:
+class _Truncated(Exception):
+    """A header parse ran past the bytes kept in memory."""
+
+
+class _Head(io.BytesIO):
+    """The first bytes of a larger file: reading past them raises
+    :class:`_Truncated` (the caller then parses the file itself)."""
+
+    def read(self, size=-1):
+        data = super().read(size)
+        if size is None or size < 0 or len(data) < size:
+            raise _Truncated
+        return data
+
+
+def read_header(path: Path, head: bytes | None = None,
+                complete: bool = False) -> tuple[dict, object]:
     """Parse a Part 10 file's header up to the pixel data.
 
-    Returns the indexed attributes and the pydicom dataset (without pixel
-    data).  Raises :class:`DatasetError` when the file cannot be decoded.
+    ``head`` may hold the file's first bytes (kept in memory while it was
+    received; ``complete`` when that is the whole file): the header is
+    parsed from them when they suffice, else from the file.  Returns the
+    indexed attributes and the pydicom dataset (without pixel data).
+    Raises :class:`DatasetError` when the file cannot be decoded.
     """
+    if head is not None:
+        source = io.BytesIO(head) if complete else _Head(head)
+        try:
+            return _parse_header(source)
+        except _Truncated:
+            pass
+    return _parse_header(path)
+
+
+#: Character sets whose text values decode with one Python codec, so the
+#: indexed values can be taken from the raw bytes without pydicom's
+#: conversion and validation of every value.
+_SIMPLE_CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
+                  "ISO_IR 192": "utf-8"}
+#: Value representations whose leading spaces are not significant either.
+_STRIP_BOTH = {"UI", "IS", "DS", "DA", "TM", "DT", "CS", "AS"}
+_INDEX_KEYWORDS = {"sop_instance_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID",
+                   "study_instance_uid": "StudyInstanceUID",
+                   "series_instance_uid": "SeriesInstanceUID", **_HEADER_TAGS}
+
+
+def _parse_header(source) -> tuple[dict, object]:
     from pydicom import dcmread
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = dcmread(path, stop_before_pixels=True)
-        values = {"sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
-                  "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
-                  "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
-                  "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or "")}
-        for name, keyword in _HEADER_TAGS.items():
-            value = ds.get(keyword, "")
-            values[name] = "" if value is None else str(value)
-        cs = ds.get("SpecificCharacterSet", "")
-        values["specific_character_set"] = "\\".join(cs) if isinstance(cs, list) else str(cs or "")
+        ds = dcmread(source, stop_before_pixels=True)
+        cs_elem = ds.get_item(0x00080005)
+        if isinstance(cs_elem, RawDataElement):
+            raw_cs = (cs_elem.value or b"").decode("ascii", "replace")
+            charsets = [c.strip(" \0") for c in raw_cs.split("\\")]
+        else:
+            cs = ds.get("SpecificCharacterSet", "")
+            charsets = list(cs) if isinstance(cs, list) else [str(cs or "")]
+        charset = "\\".join(charsets) if any(charsets) else ""
+        codec = _SIMPLE_CODECS.get(charset)
+        values = {}
+        for name, keyword in _INDEX_KEYWORDS.items():
+            tag = tag_for_keyword(keyword)
+            elem = ds.get_item(tag)
+            if elem is None:
+                values[name] = ""
+            elif codec is not None and isinstance(elem, RawDataElement) \
+                    and isinstance(elem.value, bytes) and b"\\" not in elem.value:
+                text = elem.value.decode(codec, "replace")
+                vr = elem.VR or dictionary_VR(tag)
+                values[name] = (text.strip(" \0") if vr in _STRIP_BOTH
+                                else text.rstrip(" \0"))
+            else:
+                value = ds.get(keyword, "")
+                values[name] = "" if value is None else str(value)
+        values["specific_character_set"] = charset
         values["transfer_syntax_uid"] = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    except _Truncated:
+        raise
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
             OSError, OverflowError, NotImplementedError, LookupError) as exc:
         raise DatasetError(f"cannot decode the dataset: {exc}") from exc
@@ -201,6 +267,7 @@ class InstanceStore:
         self._clean_marker = self.root / "clean-shutdown"
         self._fresh = not (self.root / "index.db").exists()
         self.db = Database(self.root / "index.db", [*MIGRATIONS, *migrations])
+        self._group = GroupCommit(self.db)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -279,11 +346,16 @@ class InstanceStore:
                in_transaction: Callable | None = None) -> InstanceInfo:
         """Make the received file at ``tmp_path`` durable and indexed.
 
-        ``info`` must carry the identifying attributes; size, checksum, path
-        and time are filled in here.  ``in_transaction(conn, instance_id,
-        replaced)`` runs inside the committing transaction (routing uses it
-        to queue the instance atomically with its row).  Raises
-        :class:`DuplicateKept` when the policy keeps an existing copy.
+        ``info`` must carry the identifying attributes; path and time are
+        filled in here, and size and checksum too unless the caller computed
+        them already (the Storage SCP hashes while receiving).
+        ``in_transaction(conn, instance_id, replaced)`` runs inside the
+        committing transaction (routing uses it to queue the instance
+        atomically with its row); that transaction may also commit other
+        instances received at the same time, each in its own savepoint.
+        Returns only once the file, its directory entry and its row are
+        durable.  Raises :class:`DuplicateKept` when the policy keeps an
+        existing copy.
         """
         tmp_path = Path(tmp_path)
         existing = self.db.query_one(
@@ -291,7 +363,8 @@ class InstanceStore:
         if existing is not None and self.duplicates == "keep":
             os.unlink(tmp_path)
             raise DuplicateKept(info.sop_instance_uid)
-        info.sha256, info.size = file_digest(tmp_path)
+        if not (info.sha256 and info.size):
+            info.sha256, info.size = file_digest(tmp_path)
         fd = os.open(tmp_path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -303,29 +376,27 @@ class InstanceStore:
         name = f"{sanitise_uid(info.sop_instance_uid)}_{secrets.token_hex(4)}.dcm"
         dest = study_dir / name
         os.rename(tmp_path, dest)
-        fsync_dir(study_dir)
         info.path = f"{study_dir.name}/{name}"
         info.received_at = info.received_at or time.time()
-        values = asdict(info)
-        old_path = None
+        row_values = [getattr(info, c) for c in _INFO_FIELDS]
+
+        def write_rows(conn):
+            row = conn.execute("SELECT id, path FROM instances WHERE sop_instance_uid = ?",
+                               (info.sop_instance_uid,)).fetchone()
+            if row is None:
+                instance_id = conn.execute(_INSERT, row_values).lastrowid
+                previous = None
+            else:
+                instance_id, previous = row["id"], row["path"]
+                conn.execute(_UPDATE, [*row_values, instance_id])
+            if in_transaction is not None:
+                in_transaction(conn, instance_id, previous is not None)
+            return previous
+
         try:
-            with self.db.write() as conn:
-                row = conn.execute(
-                    "SELECT id, path FROM instances WHERE sop_instance_uid = ?",
-                    (info.sop_instance_uid,)).fetchone()
-                if row is None:
-                    cols = ", ".join(_INFO_FIELDS)
-                    marks = ", ".join("?" for _ in _INFO_FIELDS)
-                    cur = conn.execute(f"INSERT INTO instances ({cols}) VALUES ({marks})",
-                                       [values[c] for c in _INFO_FIELDS])
-                    instance_id = cur.lastrowid
-                else:
-                    instance_id, old_path = row["id"], row["path"]
-                    sets = ", ".join(f"{c} = ?" for c in _INFO_FIELDS)
-                    conn.execute(f"UPDATE instances SET {sets} WHERE id = ?",
-                                 [values[c] for c in _INFO_FIELDS] + [instance_id])
-                if in_transaction is not None:
-                    in_transaction(conn, instance_id, old_path is not None)
+            # fsync of the spool directory and the commit, shared with every
+            # instance that became ready meanwhile (see groupcommit.py).
+            old_path = self._group.submit([study_dir], write_rows)
         except BaseException:
             try:
                 os.unlink(dest)

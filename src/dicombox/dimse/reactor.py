@@ -1,0 +1,431 @@
+"""Event-driven reactors for incoming associations (pynetdicom 3.0.4 only).
+
+Why this module exists: pynetdicom's two per-association loops poll with
+fixed sleeps.  ``Association._run_reactor`` sleeps 1 ms on every turn and the
+DUL reactor sleeps 1 ms whenever a turn found nothing to do; together they
+cap an association at a few hundred messages per second and dominate the
+time of small instances (see PERFORMANCE.md).  Here the same loops block
+instead until something happens:
+
+- the DUL thread waits in ``select()`` on its socket and on a wake-up socket
+  pair that is written whenever another thread queues a primitive for it
+  (a C-STORE response, a release, an abort) or asks it to stop, with the
+  ARTIM timer's remaining time as the timeout;
+- the association thread waits on an :class:`threading.Event` set whenever
+  the DUL delivers a DIMSE message or an ACSE primitive, or stops, with a
+  short timeout so that the network (idle) timer is still checked.
+
+Everything else (the state machine, PDU decoding, the order of the checks in
+each loop, timers, the pause checkpoint used by ``send_*`` methods) is
+pynetdicom's own code, unchanged.  The loops below are copies of
+pynetdicom 3.0.4's with only the waits replaced, so they are tied to that
+exact version: :func:`supported` refuses any other version, and
+:class:`~dicombox.dimse.ae.Listener` then falls back to pynetdicom's own
+server (slower, same behaviour).  This module touches no pynetdicom global:
+only the listener's own associations use these classes.
+
+Reading a PDU also goes through :meth:`FastSocket.recv`, which fills one
+buffer with ``recv_into`` instead of concatenating 4 KiB reads, and a plain
+successful C-STORE response is encoded directly (:class:`FastDIMSE`), byte
+for byte what pynetdicom would send, without building a pydicom command set.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, cast
+
+import pynetdicom
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import (
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
+from pynetdicom.utils import make_target
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover - CPython always has ssl here
+    ssl = None  # type: ignore[assignment]
+
+LOGGER = logging.getLogger("dicombox.dimse.reactor")
+
+#: The only pynetdicom version whose loops these classes reproduce.
+PYNETDICOM_VERSION = "3.0.4"
+
+#: Longest blocking wait of either loop: bounds how late a timer or a flag set
+#: without a wake-up (pynetdicom sets some directly) can be noticed.
+MAX_WAIT = 0.5
+
+
+def supported() -> bool:
+    """Whether the installed pynetdicom is the one these reactors copy."""
+    return pynetdicom.__version__ == PYNETDICOM_VERSION
+
+
+class _Waker:
+    """A socket pair whose read end is readable after :meth:`wake`.
+
+    Python socket objects refuse I/O once closed, so a late ``wake()`` from
+    another thread can never write into a reused file descriptor.
+    """
+
+    def __init__(self):
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.w.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self.w.send(b"\0")
+        except OSError:  # full (already awake) or closed (thread finished)
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self.r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.w.close()
+        self.r.close()
+
+
+class _NotifyingQueue(queue.Queue):
+    """A queue that calls ``notify`` after each put made by a foreign thread."""
+
+    def __init__(self, notify: Callable[[], None], owner: Callable[[], int | None]):
+        super().__init__()
+        self._notify = notify
+        self._owner = owner
+
+    def put(self, item, block=True, timeout=None):
+        super().put(item, block, timeout)
+        if threading.get_ident() != self._owner():
+            self._notify()
+
+
+class FastSocket(AssociationSocket):
+    """AssociationSocket reading a PDU into one buffer with ``recv_into``."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        nr_read = 0
+        while nr_read < nr_bytes:
+            n = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
+            if not n:
+                # Connection broken: return what was read, as pynetdicom does.
+                del view
+                del buf[nr_read:]
+                return buf
+            nr_read += n
+        return buf
+
+
+class FastDUL(DULServiceProvider):
+    """The DUL provider, blocking in ``select()`` instead of sleep-polling."""
+
+    def __init__(self, assoc: FastAssociation):
+        super().__init__(assoc)
+        self._waker = _Waker()
+        own = self._own_ident
+        self.event_queue = _NotifyingQueue(self._waker.wake, own)
+        self.to_provider_queue = _NotifyingQueue(self._waker.wake, own)
+        self.to_user_queue = _NotifyingQueue(assoc._wake.set, lambda: None)
+
+    def _own_ident(self) -> int | None:
+        return self.ident
+
+    def kill_dul(self) -> None:
+        self._kill_thread = True
+        self._waker.wake()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self._waker.wake()
+            if threading.current_thread() is not self:
+                while self.is_alive():
+                    self.join(MAX_WAIT)
+            return True
+        return False
+
+    def _wait(self) -> None:
+        """Block until the socket is readable, another thread queued
+        something, a stop was asked for, or the ARTIM timer may expire."""
+        if self._kill_thread:
+            return
+        timeout = MAX_WAIT
+        artim = self.artim_timer
+        if artim.timeout is not None and artim._start_time is not None \
+                and artim._end_time is None:
+            timeout = max(0.0, min(timeout, artim.remaining))
+        rlist: list[Any] = [self._waker.r]
+        assoc_sock = self.socket
+        sock = assoc_sock.socket if assoc_sock is not None else None
+        if sock is not None and assoc_sock._is_connected:
+            if ssl is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return
+            rlist.append(sock)
+        try:
+            select.select(rlist, [], [], timeout)
+        except (OSError, ValueError):
+            # The socket was closed under us: the next turn notices.
+            return
+        self._waker.drain()
+
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0.4's DUL loop with the idle sleep replaced by :meth:`_wait`."""
+        self._idle_timer.start()
+        self.socket = cast("AssociationSocket", self.socket)
+        try:
+            while True:
+                if not self.assoc._dul_ready.is_set():
+                    self.assoc._dul_ready.set()
+
+                if self._kill_thread:
+                    break
+
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+
+                try:
+                    if self._process_recv_primitive():
+                        pass
+                    elif self._is_transport_event():
+                        self._idle_timer.restart()
+                except Exception as exc:
+                    LOGGER.error("Exception in DUL.run(), aborting association")
+                    LOGGER.exception(exc)
+                    abort_pdu = A_ABORT_RQ()
+                    abort_pdu.source = 0x02
+                    abort_pdu.reason_diagnostic = 0x00
+                    self.socket.send(abort_pdu.encode())
+                    self.assoc.is_aborted = True
+                    self.assoc.is_established = False
+                    self.assoc._kill = True
+                    self._kill_thread = True
+                    return
+
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    self._wait()
+                    continue
+
+                self.state_machine.do_action(event)
+        finally:
+            self._waker.close()
+            cast(FastAssociation, self.assoc)._wake.set()
+
+
+def _uid(value) -> bytes:
+    raw = str(value).encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def c_store_rsp_command(sop_class_uid, message_id: int, status: int,
+                        sop_instance_uid) -> bytes:
+    """The command set of a C-STORE-RSP without a data set (PS3.7 9.3.1.2),
+    Implicit VR Little Endian, as pynetdicom encodes it."""
+    def elem(element: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+    body = b"".join((
+        elem(0x0002, _uid(sop_class_uid)),
+        elem(0x0100, struct.pack("<H", 0x8001)),
+        elem(0x0120, struct.pack("<H", message_id)),
+        elem(0x0800, struct.pack("<H", 0x0101)),
+        elem(0x0900, struct.pack("<H", status)),
+        elem(0x1000, _uid(sop_instance_uid)),
+    ))
+    return elem(0x0000, struct.pack("<I", len(body))) + body
+
+
+class FastDIMSE(DIMSEServiceProvider):
+    """Sends the common C-STORE response (a status, no comment) directly."""
+
+    def send_msg(self, primitive, context_id: int) -> None:
+        if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
+                and primitive.ErrorComment is None and primitive.OffendingElement is None
+                and primitive.Status is not None
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            command = c_store_rsp_command(
+                primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                primitive.Status, primitive.AffectedSOPInstanceUID)
+            limit = self.maximum_pdu_size
+            if not limit or len(command) + 6 <= limit:
+                pdata = P_DATA()
+                # Message control header 0x03: command information, last fragment.
+                pdata.presentation_data_value_list.append([context_id, b"\x03" + command])
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+
+class FastAssociation(Association):
+    """An acceptor association whose reactor waits on events, not sleeps."""
+
+    def __init__(self, ae, mode: str):
+        self._wake = threading.Event()
+        super().__init__(ae, mode)
+        self.dul = FastDUL(self)
+        self.dimse = FastDIMSE(self)
+        self.dimse.msg_queue = _NotifyingQueue(self._wake.set, lambda: None)
+        # The timeouts were applied to the timers of the DUL just replaced.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+
+    def kill(self) -> None:
+        self._kill = True
+        self._wake.set()
+        super().kill()
+
+    def _wait_timeout(self) -> float:
+        idle = self.dul._idle_timer
+        if idle.timeout is None:
+            return MAX_WAIT
+        return max(0.0, min(MAX_WAIT, idle.remaining))
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0.4's acceptor loop with its 1 ms sleep replaced by a wait."""
+        self._is_paused = False
+        busy = True
+        while not self._kill:
+            # Paused while waiting: the queues are not touched until the
+            # checkpoint below, exactly as during pynetdicom's sleep.
+            self._is_paused = True
+            if not busy:
+                self._wake.wait(self._wait_timeout())
+            self._wake.clear()
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            busy = msg is not None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                LOGGER.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                LOGGER.info(log_msg)
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                LOGGER.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+
+                self.kill()
+                return
+
+
+class FastRequestHandler(RequestHandler):
+    """Creates a :class:`FastAssociation` for each connection."""
+
+    def _create_association(self) -> Association:
+        """pynetdicom 3.0.4's ``RequestHandler._create_association``, with
+        the association and socket classes of this module."""
+        from copy import deepcopy
+
+        assoc = FastAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+
+        timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+        assoc.name = f"AcceptorThread@{timestamp}"
+
+        sock = FastSocket(assoc, client_socket=self.request)
+        assoc.set_socket(sock)
+
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+
+        assoc.requestor.address_info = self.remote
+
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    handler = cast(evt._HandlerBase, handler)
+                    assoc.bind(event, handler[0], handler[1])
+
+        return assoc
+
+
+class FastAssociationServer(ThreadedAssociationServer):
+    """A threaded association server using :class:`FastRequestHandler`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("request_handler", FastRequestHandler)
+        super().__init__(*args, **kwargs)
+
+
+def start_server(ae, address, evt_handlers: list) -> ThreadedAssociationServer:
+    """``ae.start_server(address, block=False, evt_handlers=...)`` with the
+    event-driven reactors when the pynetdicom version allows it."""
+    if not supported():
+        LOGGER.warning("pynetdicom %s is not %s: using its own (sleep-polling) reactors",
+                       pynetdicom.__version__, PYNETDICOM_VERSION)
+        return ae.start_server(address, block=False, evt_handlers=evt_handlers)
+    server = ae.make_server(address, evt_handlers=evt_handlers,
+                            server_class=FastAssociationServer)
+    timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+    thread = threading.Thread(target=make_target(server.serve_forever),
+                              name=f"AcceptorServer@{timestamp}", daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    return server
+
+
+__all__ = ["FastAssociation", "FastAssociationServer", "FastDIMSE", "FastDUL",
+           "FastRequestHandler", "c_store_rsp_command",
+           "FastSocket", "PYNETDICOM_VERSION", "start_server", "supported"]

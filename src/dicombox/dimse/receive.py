@@ -1,0 +1,240 @@
+"""Received C-STORE datasets written straight into the store's ``tmp/``.
+
+With ``_config.STORE_RECV_CHUNKED_DATASET`` pynetdicom writes each incoming
+dataset, fragment by fragment, into a file it opens with
+``tempfile.NamedTemporaryFile`` (looked up in ``pynetdicom.dimse_messages``).
+:func:`install` replaces that factory with :class:`SpoolWriter`, which does
+what the store would otherwise do afterwards by reading the file again:
+
+- it hashes (SHA-256) and counts every byte as it is written, so the index's
+  checksum costs no second read of the file (hashlib releases the GIL on
+  large blocks, so this overlaps with the network);
+- it keeps the first :data:`HEAD_BYTES` in memory, from which the handler
+  parses the header (the identifying attributes come before the pixel data),
+  so small instances are never re-opened before they are fsync'd;
+- it writes unbuffered to a file created with ``O_EXCL`` in the store's
+  ``tmp/`` directory (same file system as the spool: the later rename is
+  atomic), and asks the kernel to start writing large files out while they
+  are still arriving (``sync_file_range``), so the fsync before the answer
+  has little left to do.
+
+The File Meta Information pynetdicom puts in front of each dataset is
+encoded here too (:func:`file_meta_bytes`): building it through pydicom's
+``FileMetaDataset`` and ``write_file_meta_info`` cost more than everything
+else done per small instance.
+
+The handler finds the writer of a received file through
+:func:`writer_for` (keyed by the path pynetdicom reports in
+``event.dataset_path``).  Writers are held weakly: a transfer aborted half
+way leaves nothing behind in memory, only a temporary file that the router's
+housekeeping and start-up recovery remove.
+
+This replaces three module globals of ``pynetdicom.dimse_messages``
+(``NamedTemporaryFile``, ``create_file_meta``, ``write_file_meta_info``) and
+is tied to pynetdicom 3.0.4, whose ``decode_msg`` calls
+``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``, then only
+``write``, ``file.flush``, ``name`` and ``close``, and writes the meta as
+``write_file_meta_info(file, create_file_meta(sop_class_uid=...,
+sop_instance_uid=..., transfer_syntax=...))``; with any other version
+:func:`install` leaves pynetdicom alone and the handler falls back to
+reading the file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import io
+import os
+import secrets
+import struct
+import threading
+import weakref
+from pathlib import Path
+from typing import NamedTuple
+
+import pynetdicom
+from pynetdicom import dimse_messages
+
+from .ae import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .reactor import PYNETDICOM_VERSION
+
+#: Bytes of each received file kept in memory for the header parse.
+HEAD_BYTES = 64 * 1024
+#: Unwritten bytes after which the kernel is asked to start writing them out.
+WRITEBACK_BYTES = 256 * 1024
+
+_writers: weakref.WeakValueDictionary[str, SpoolWriter] = weakref.WeakValueDictionary()
+_lock = threading.Lock()
+_state: dict = {"tmp_dir": None, "originals": None}
+
+
+def _sync_file_range():
+    """libc's ``sync_file_range`` (Linux), or ``None``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+class SpoolWriter:
+    """A write-only temporary file that hashes, counts and keeps its head."""
+
+    def __init__(self, tmp_dir: str | os.PathLike, suffix: str = ".dcm"):
+        while True:
+            name = os.path.join(tmp_dir, f"rx-{secrets.token_hex(8)}{suffix}")
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:  # pragma: no cover - 64 random bits
+                continue
+        self._raw = io.FileIO(fd, "wb", closefd=True)
+        self.name = name
+        self.size = 0
+        self._started = 0  # bytes whose writeback has been started
+        self._hash = hashlib.sha256()
+        self._head = bytearray()
+        with _lock:
+            _writers[name] = self
+
+    # pynetdicom calls ``_data_set_file.file.flush()`` after each fragment;
+    # writes here are unbuffered, so there is nothing to flush.
+    @property
+    def file(self) -> SpoolWriter:
+        return self
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        n = len(view)
+        if len(self._head) < HEAD_BYTES:
+            self._head += view[:HEAD_BYTES - len(self._head)]
+        self._hash.update(view)
+        written = 0
+        while written < n:
+            written += self._raw.write(view[written:])
+        self.size += n
+        if self.size - self._started >= WRITEBACK_BYTES and _SYNC_FILE_RANGE is not None:
+            # Start writing back what arrived so far; it does not wait for
+            # the disk, it only spares the final fsync most of the work.
+            _SYNC_FILE_RANGE(self._raw.fileno(), self._started, self.size - self._started,
+                             _SYNC_FILE_RANGE_WRITE)
+            self._started = self.size
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    @property
+    def head(self) -> bytes:
+        return bytes(self._head)
+
+    @property
+    def complete_in_head(self) -> bool:
+        """Whether :attr:`head` holds the whole file."""
+        return self.size == len(self._head)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class FileMeta(NamedTuple):
+    """What pynetdicom knows of a received dataset when it opens its file."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+def create_file_meta(*, sop_class_uid, sop_instance_uid, transfer_syntax) -> FileMeta:
+    return FileMeta(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax))
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", group, elem, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.strip().encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta_bytes(meta: FileMeta) -> bytes:
+    """Group 0002 in Explicit VR Little Endian, as PS3.10 7.1 lays it out."""
+    body = b"".join((
+        _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, 0x0002, b"UI", _padded(meta.sop_class_uid, b"\0")),
+        _element(0x0002, 0x0003, b"UI", _padded(meta.sop_instance_uid, b"\0")),
+        _element(0x0002, 0x0010, b"UI", _padded(meta.transfer_syntax, b"\0")),
+        _element(0x0002, 0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\0")),
+        _element(0x0002, 0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
+    ))
+    return _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def write_file_meta_info(fp, file_meta, enforce_standard: bool = True) -> None:
+    if isinstance(file_meta, FileMeta):
+        fp.write(file_meta_bytes(file_meta))
+    else:
+        _state["originals"]["write_file_meta_info"](fp, file_meta, enforce_standard)
+
+
+_REPLACED = {"NamedTemporaryFile": None, "create_file_meta": create_file_meta,
+             "write_file_meta_info": write_file_meta_info}
+
+
+def _factory(*_args, suffix: str = ".dcm", **_kwargs) -> SpoolWriter:
+    tmp_dir = _state["tmp_dir"]
+    assert tmp_dir is not None
+    return SpoolWriter(tmp_dir, suffix=suffix)
+
+
+def install(tmp_dir: Path) -> bool:
+    """Write received datasets through :class:`SpoolWriter` into ``tmp_dir``.
+
+    Process-wide, like pynetdicom's own ``_config`` switches: each service
+    runs in its own process and owns one store.  Returns ``False`` (and
+    changes nothing) on a pynetdicom version other than the one this module
+    was written against.
+    """
+    if pynetdicom.__version__ != PYNETDICOM_VERSION:
+        return False
+    _state["tmp_dir"] = str(tmp_dir)
+    if _state["originals"] is None:
+        _state["originals"] = {name: getattr(dimse_messages, name) for name in _REPLACED}
+    for name, replacement in _REPLACED.items():
+        setattr(dimse_messages, name, replacement or _factory)
+    return True
+
+
+def uninstall() -> None:
+    """Give pynetdicom its own temporary files and file meta back."""
+    if _state["originals"] is not None:
+        for name, original in _state["originals"].items():
+            setattr(dimse_messages, name, original)
+        _state["originals"] = None
+
+
+def writer_for(path: str | os.PathLike | None) -> SpoolWriter | None:
+    """The writer that received the file at ``path``, if this module wrote it."""
+    if path is None:
+        return None
+    with _lock:
+        return _writers.get(str(path))
