@@ -174,7 +174,8 @@ class Orthanc(Receiver):
         path = self.dir / "orthanc.json"
         path.write_text(json.dumps(cfg, indent=1))
         import shutil
-        self._popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc", path])
+        # Orthanc's DICOM network layer is DCMTK's: Nagle off, as for the tools.
+        self._popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc", path], env=dcmtk_env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             self._check_alive()
