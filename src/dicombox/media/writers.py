@@ -13,7 +13,9 @@ Every writer has the same shape, so the media service treats them alike:
   what was written back from the medium and compare it (the image's SHA-256,
   or every file's SHA-256 from the file-set's manifest); ``verify-failed``
   names the first difference;
-- ``eject()``: give the medium back (open the tray; unmount the stick).
+- ``eject()``: give the medium back (open the tray; unmount the stick);
+- ``usable_bytes(info)`` and ``block_bytes``: the room and the allocation
+  unit :func:`.span.plan_volumes` should plan a job with.
 
 All calls block, start no thread, and take an optional
 :class:`threading.Event` that cancels a long step (``MediaError("cancelled")``).
