@@ -85,6 +85,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (COLLECTING, "close"): READY,
     (COLLECTING, "cancel"): CANCELLED,
     (READY, "start"): BUILDING,
+    (READY, "fail"): FAILED,
     (READY, "cancel"): CANCELLED,
     (BUILDING, "built"): WRITING,
     (BUILDING, "wait"): READY,

@@ -49,6 +49,10 @@ LOGGER = logging.getLogger("dicombox.media.runner")
 PROGRESS_INTERVAL = 0.5
 #: Seconds between two publications of the service state.
 PUBLISH_INTERVAL = 2.0
+#: Seconds no job starts after one ended with an unexpected error (no busy loop).
+ERROR_PAUSE = 10.0
+#: Temporary files older than this belong to associations that died mid-transfer.
+STALE_TMP_SECONDS = 3600
 
 #: MediaError kinds that mean "this medium cannot be used; try another": the job
 #: waits (``ready``) with the message as its error, no attempt is counted.
@@ -200,6 +204,7 @@ class JobRunner(Worker):
         self._probe_due = 0.0
         self._last_publish = 0.0
         self._last_purge = 0.0
+        self._paused_until = 0.0
         self._writer = None
 
     # -- the writer ------------------------------------------------------------------
@@ -344,7 +349,7 @@ class JobRunner(Worker):
             running = self.execution is not None and self.execution.alive()
             if not running:
                 self.execution = None
-        if not running:
+        if not running and time.monotonic() >= self._paused_until:
             self._schedule()
         self._publish()
         return self.interval
@@ -416,8 +421,12 @@ class JobRunner(Worker):
                 self._media_error(execution.job_id, exc)
         except Exception as exc:  # noqa: BLE001 - last resort: the job fails, not the service
             LOGGER.exception("job %s failed unexpectedly", execution.job_id)
-            self._fail(execution.job_id, f"internal error: {type(exc).__name__}: {exc}",
-                       medium=False)
+            self._paused_until = time.monotonic() + ERROR_PAUSE
+            try:
+                self._fail(execution.job_id, f"internal error: {type(exc).__name__}: {exc}",
+                           medium=False)
+            except Exception:  # noqa: BLE001 - the index itself fails: the pause holds
+                LOGGER.exception("cannot record the failure of job %s", execution.job_id)
         finally:
             self.medium.stale = True
             self._probe_due = 0.0
@@ -746,6 +755,13 @@ class JobRunner(Worker):
         if now - self._last_purge < 60 and self.media.keep_done_hours:
             return
         self._last_purge = now
+        for entry in os.scandir(self.root / "tmp"):
+            try:
+                if now - entry.stat().st_mtime > STALE_TMP_SECONDS:
+                    os.unlink(entry.path)
+                    LOGGER.info("removed stale temporary file %s", entry.name)
+            except (FileNotFoundError, IsADirectoryError):
+                pass
         for job_id in self.jobs.expired(self.media.keep_done_hours * 3600, now):
             LOGGER.info("job %s: removing its instances (kept %g h)", job_id,
                         self.media.keep_done_hours)
