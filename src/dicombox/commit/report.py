@@ -332,6 +332,9 @@ def send_on_open_association(assoc, ds: Dataset, event_type: int,
     req.EventTypeID = event_type
     req.EventInformation = BytesIO(encode(ds, ts.is_implicit_VR, ts.is_little_endian,
                                           ts.is_deflated))
+    # Requests the peer sends meanwhile (it may have one of its own outstanding)
+    # are put back on the queue for the reactor once the answer is in.
+    others = []
     assoc._reactor_checkpoint.clear()
     try:
         while not assoc._is_paused:
@@ -343,9 +346,12 @@ def send_on_open_association(assoc, ds: Dataset, event_type: int,
         assoc.dimse.send_msg(req, context.context_id)
         deadline = time.monotonic() + timeout
         while True:
-            _, rsp = assoc.dimse.get_msg(block=False)
-            if rsp is not None:
+            cx_id, rsp = assoc.dimse.get_msg(block=False)
+            if isinstance(rsp, N_EVENT_REPORT) and rsp.is_valid_response:
                 break
+            if rsp is not None:
+                others.append((cx_id, rsp))
+                continue
             if not assoc.is_established:
                 return "the association closed before the answer"
             if _releasing(assoc):
@@ -354,9 +360,9 @@ def send_on_open_association(assoc, ds: Dataset, event_type: int,
                 return f"no answer within {timeout:g} s"
             time.sleep(0.002)
     finally:
+        for item in others:
+            assoc.dimse.msg_queue.put(item)
         assoc._reactor_checkpoint.set()
-    if not isinstance(rsp, N_EVENT_REPORT) or not rsp.is_valid_response:
-        return f"unexpected answer {type(rsp).__name__}"
     if rsp.Status != 0x0000:
         return f"N-EVENT-REPORT answered with status 0x{rsp.Status:04X}"
     return None
