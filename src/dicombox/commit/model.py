@@ -137,12 +137,14 @@ ITEM_STATES = ("pending", "committed", "failed")
 #: Upstream transactions (the box asking a destination): ``new`` is journaled
 #: before the N-ACTION is sent, ``requested`` once the destination accepted it,
 #: ``answered`` once its N-EVENT-REPORT arrived, ``refused`` if the N-ACTION
-#: could not be sent or was refused (its instances are asked again later).
+#: could not be sent, was refused, or was interrupted by a restart (its
+#: instances are asked again later).
 UPSTREAM_TRANSITIONS = {
     ("new", "requested"): "the destination accepted the N-ACTION",
     ("new", "refused"): "the association or the N-ACTION failed",
     ("new", "answered"): "the report arrived before the N-ACTION answer was recorded",
     ("requested", "answered"): "the destination's N-EVENT-REPORT arrived",
+    ("refused", "answered"): "a report arrived for a request the box had counted as failed",
 }
 
 

@@ -63,6 +63,7 @@ class Commitment(RouterComponent):
         self.sender = ReportSender(self.db, self.config, self.open)
         self.evaluator = Evaluator(self.db, self.config, self.sender.wake)
         self.upstream = Upstream(self.db, self.config, self.evaluator.wake)
+        self.upstream.recover()
         self.counters = {"requests": 0, "refused": 0}
 
     def contexts(self) -> list:

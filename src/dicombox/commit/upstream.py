@@ -69,6 +69,14 @@ class Upstream:
         self._answered: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
+    def recover(self) -> int:
+        """Count requests a restart interrupted (journaled, N-ACTION unanswered) as
+        refused, so that their instances are asked again now rather than after
+        ``report_timeout``; a late report for them is still accepted."""
+        with self.db.write() as conn:
+            return conn.execute("UPDATE commit_upstream SET state = 'refused', last_error = "
+                                "'interrupted by a restart' WHERE state = 'new'").rowcount
+
     def workers(self) -> list[Worker]:
         destinations = {d.name: d for d in self.config.destinations}
         return [Requester(self, up, destinations[up.destination])
