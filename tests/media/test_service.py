@@ -134,7 +134,8 @@ def test_echo_and_grouping_by_study(box, tmp_path, studies):
     # The button (a command row) closes and starts the oldest job; auto_burn is off,
     # so the other stays collecting until its idle time.
     first = found[0]["id"]
-    out = cli(config, "media", "burn").stdout
+    out = cli(config, "media", "burn", "--follow").stdout
     assert f"job {first} will start" in out
+    assert out.rstrip().endswith(f"{first} done: 100%"), out  # followed to the end
     wait_job(state, "done")
     assert {j["id"]: j["state"] for j in jobs(state)}[found[1]["id"]] == "collecting"
