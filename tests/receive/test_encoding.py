@@ -42,3 +42,21 @@ def test_file_meta_matches_pydicom(ts, uid):
     ref = io.BytesIO()
     write_file_meta_info(ref, meta(sop_class_uid=SC, sop_instance_uid=uid, transfer_syntax=ts))
     assert ref.getvalue() == receive.file_meta_bytes(receive.FileMeta(SC, uid, ts))
+
+
+def test_sent_response_seen_by_handlers_is_the_real_message():
+    """EVT_DIMSE_SENT handlers get a C_STORE_RSP whose command set is built on use."""
+    from dicombox.dimse.reactor import _SentStoreResponse
+    rsp = C_STORE()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = 9
+    rsp.AffectedSOPClassUID = SC
+    rsp.AffectedSOPInstanceUID = UIDS[1]
+    rsp.Status = 0
+    seen = _SentStoreResponse(rsp, 3)
+    assert isinstance(seen, C_STORE_RSP)
+    assert seen.context_id == 3
+    ref = C_STORE_RSP()
+    ref.primitive_to_message(rsp)
+    assert seen.command_set == ref.command_set
+    assert seen.command_set.Status == 0
+    assert seen.message_to_primitive().AffectedSOPInstanceUID == UIDS[1]

@@ -47,6 +47,7 @@ from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -261,19 +262,50 @@ def c_store_rsp_command(sop_class_uid, message_id: int, status: int,
     return elem(0x0000, struct.pack("<I", len(body))) + body
 
 
+class _SentStoreResponse(C_STORE_RSP):
+    """The C-STORE-RSP handed to ``EVT_DIMSE_SENT`` handlers after the fast
+    path sent it: a real ``C_STORE_RSP`` whose pydicom command set is only
+    built if a handler looks at it."""
+
+    def __init__(self, primitive, context_id: int):  # noqa: D107 - no super(): lazy
+        self.context_id = context_id
+        self._primitive = primitive
+        self._built = None
+
+    def _message(self) -> C_STORE_RSP:
+        if self._built is None:
+            built = C_STORE_RSP()
+            built.primitive_to_message(self._primitive)
+            built.context_id = self.context_id
+            self._built = built
+        return self._built
+
+    def __getattr__(self, name):
+        # Only called for what __init__ did not set (command_set, data_set...).
+        if name.startswith("__") or name in ("_built", "_primitive"):
+            raise AttributeError(name)
+        return getattr(self._message(), name)
+
+
+# pynetdicom looks message types up by class name (message_to_primitive...).
+_SentStoreResponse.__name__ = _SentStoreResponse.__qualname__ = "C_STORE_RSP"
+
+
 class FastDIMSE(DIMSEServiceProvider):
     """Sends the common C-STORE response (a status, no comment) directly."""
 
     def send_msg(self, primitive, context_id: int) -> None:
         if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
                 and primitive.ErrorComment is None and primitive.OffendingElement is None
-                and primitive.Status is not None
-                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+                and primitive.Status is not None):
             command = c_store_rsp_command(
                 primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
                 primitive.Status, primitive.AffectedSOPInstanceUID)
             limit = self.maximum_pdu_size
             if not limit or len(command) + 6 <= limit:
+                if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+                    evt.trigger(self.assoc, evt.EVT_DIMSE_SENT,
+                                {"message": _SentStoreResponse(primitive, context_id)})
                 pdata = P_DATA()
                 # Message control header 0x03: command information, last fragment.
                 pdata.presentation_data_value_list.append([context_id, b"\x03" + command])
