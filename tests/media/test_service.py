@@ -20,13 +20,14 @@ from mediabox import (
     media_config,
     media_port,
     send,
+    spool_rows,
     wait_for,
     wait_job,
 )
 from pydicom import dcmread
 
 from datagen import compress, ct_series, sr_document
-from helpers import dcmtk, require
+from helpers import dcmtk, dcmtk_env, require
 
 JP_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
 #: The Specific Character Set a Japanese modality sends (ISO 2022 with JIS X 0208).
@@ -139,3 +140,24 @@ def test_echo_and_grouping_by_study(box, tmp_path, studies):
     assert out.rstrip().endswith(f"{first} done: 100%"), out  # followed to the end
     wait_job(state, "done")
     assert {j["id"]: j["state"] for j in jobs(state)}[found[1]["id"]] == "collecting"
+
+
+def test_concurrent_associations_make_one_job_each(box, tmp_path):
+    """Grouping by association holds while several modalities send at once (the store
+    commits their rows together)."""
+    config = media_config(tmp_path, auto_burn=False, idle_seconds=3600)
+    media = box("media", config=config)
+    state = tmp_path / "state"
+    series = [ct_series(tmp_path / f"s{i}", 40, rows=32, cols=32,
+                        patient=(f"Parallel^{i}", f"PAR{i}")) for i in range(4)]
+    procs = [subprocess.Popen(["storescu", "-aet", f"MOD{i}", "-aec", "DICOMBOX_CD",
+                               "127.0.0.1", str(media_port(config)), *map(str, files)],
+                              env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i, files in enumerate(series)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+    found = wait_job(state, "ready", count=4, box=media)
+    by_job = {j["id"]: {r["patient_id"] for r in spool_rows(state, j["id"])} for j in found}
+    assert sorted(map(sorted, by_job.values())) == [[f"PAR{i}"] for i in range(4)]
+    assert all(j["instances"] == 40 for j in found)

@@ -18,6 +18,7 @@ from its last completed step at the next start, as after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,17 +60,18 @@ def media_contexts(config: Config):
 class Associations:
     """A key per open association, for grouping jobs by association.
 
-    pynetdicom runs each association in its own thread (the
-    ``Association`` object), and the C-STORE handler runs in it, so the
-    current thread identifies the association a stored instance came on.
+    The store may commit an instance's row from another receiving thread
+    (group commit), so the job hook cannot ask which association it runs
+    in: the C-STORE handler notes the association of the SOP Instance it is
+    storing (:meth:`storing`), and the hook looks it up by that UID.
     """
 
     def __init__(self):
         self._keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._storing: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def key(self, assoc=None) -> str:
-        assoc = assoc if assoc is not None else threading.current_thread()
+    def key(self, assoc) -> str:
         with self._lock:
             key = self._keys.get(assoc)
             if key is None:
@@ -77,9 +79,38 @@ class Associations:
                 self._keys[assoc] = key
             return key
 
+    @contextlib.contextmanager
+    def storing(self, assoc, sop_instance_uid: str):
+        key = self.key(assoc)
+        with self._lock:
+            self._storing[sop_instance_uid] = key
+        try:
+            yield key
+        finally:
+            with self._lock:
+                if self._storing.get(sop_instance_uid) == key:
+                    del self._storing[sop_instance_uid]
+
+    def of_instance(self, sop_instance_uid: str) -> str:
+        with self._lock:
+            return self._storing.get(sop_instance_uid, "")
+
     def pop(self, assoc) -> str | None:
         with self._lock:
             return self._keys.pop(assoc, None)
+
+
+class MediaStorageSCP(StorageSCP):
+    """The Storage SCP, noting which association each instance arrives on."""
+
+    def __init__(self, *args, associations: Associations, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.associations = associations
+
+    def handle_store(self, event):
+        uid = str(event.request.AffectedSOPInstanceUID)
+        with self.associations.storing(event.assoc, uid):
+            return super().handle_store(event)
 
 
 class MediaService(Service):
@@ -126,8 +157,9 @@ class MediaService(Service):
             else:
                 self.watcher = watcher
                 self.runner.watcher = watcher
-        self.scp = StorageSCP(self.store, set(accepted_sop_classes(cfg)),
-                              on_stored=self._on_stored)
+        self.scp = MediaStorageSCP(self.store, set(accepted_sop_classes(cfg)),
+                                   on_stored=self._on_stored,
+                                   associations=self.associations)
         ae = make_ae(media.ae_title, cfg.network, media.max_associations)
         ae.supported_contexts = media_contexts(cfg)
         policy = AssociationPolicy(media.ae_title, media.allowed_calling_aets,
@@ -145,7 +177,9 @@ class MediaService(Service):
 
     def _on_stored(self, conn, instance_id, replaced, info) -> None:
         """Inside the instance's commit transaction: put it into its job."""
-        key = self.associations.key() if self.config.media.grouping == "association" else ""
+        key = ""
+        if self.config.media.grouping == "association":
+            key = self.associations.of_instance(info.sop_instance_uid)
         group = Group.of(self.config.media.grouping, info, key)
         self.jobs.add_instance(conn, instance_id, info, group)
 
