@@ -132,6 +132,25 @@ def test_recover_orphan_expire_and_operator_retry(store, tmp_path):
     assert (summary["pacs"]["pending"], summary["gone"]["dead"]) == (3, 3)
 
 
+def test_which_destinations_must_commit(tmp_path):
+    from dicombox import config
+    from dicombox.router.cleanup import requires_commitment
+
+    from helpers import write_config
+    dests = [{"name": n, "ae_title": n.upper(), "host": "127.0.0.1"} for n in ("a", "b")]
+    local = config.load(write_config(tmp_path, destinations=dests,
+                                     commitment={"upstream": [{"destination": "a"}]}))
+    assert requires_commitment(local) == ()
+    up = config.load(write_config(tmp_path, destinations=dests,
+                                  commitment={"mode": "upstream",
+                                              "upstream": [{"destination": "a"}]}))
+    assert requires_commitment(up) == ("a",)
+    per_ae = config.load(write_config(
+        tmp_path, destinations=dests, commitment={"upstream": [{"destination": "b"}]},
+        remote_aes=[{"ae_title": "CT1", "host": "10.0.0.1", "mode": "upstream"}]))
+    assert requires_commitment(per_ae) == ("b",)
+
+
 def _cleanup(**kw):
     return replace(CleanupSection(), **kw)
 
@@ -163,15 +182,17 @@ def test_cleanup_waits_for_every_destination(store, tmp_path):
 
 
 def test_upstream_commitment_keeps_instances_until_committed(store, tmp_path):
+    """Only destinations asked to commit must have committed; others count once delivered."""
     files = ct_series(tmp_path / "ct", 2)
     for f in files:
-        ingest(store, f, {"a": "r"}, tmp_path)
+        ingest(store, f, {"a": "r", "no-commitment": "r"}, tmp_path)
     finish(store, claim(store, "a"), "deliver")
+    finish(store, claim(store, "no-commitment"), "deliver")
     with store.db.write() as conn:
-        conn.execute("UPDATE forward_queue SET committed_at = ? WHERE sop_instance_uid = ?",
-                     (time.time(), dcmread(files[0]).SOPInstanceUID))
+        conn.execute("UPDATE forward_queue SET committed_at = ? WHERE sop_instance_uid = ? "
+                     "AND destination = 'a'", (time.time(), dcmread(files[0]).SOPInstanceUID))
     later = time.time() + 7200
-    assert clean(store, _cleanup(max_age_hours=1), require_commit=True,
+    assert clean(store, _cleanup(max_age_hours=1), require_commit=("a",),
                  now=later)["by_age"] == 1
     assert [r[0] for r in store.db.query("SELECT sop_instance_uid FROM instances")] == [
         dcmread(files[1]).SOPInstanceUID]

@@ -7,8 +7,10 @@ Forwarded instances are removed from the spool:
   oldest forwarded instances go until it is back above ``cleanup.green_zone_mb``.
 
 Only an instance that every destination it was routed to has delivered is
-ever removed (and, when storage commitment runs in ``upstream`` mode, whose
-every queue row has ``committed_at`` set): the condition is part of the
+ever removed (and, when storage commitment runs in ``upstream`` mode, that
+every destination the box asks to commit, ``[[commitment.upstream]]``, has
+committed: ``committed_at`` set on its row; the other destinations cannot
+commit and count once they delivered).  The condition is part of the
 ``DELETE`` itself, so a row re-queued meanwhile keeps its instance.  Instances
 routed nowhere are kept unless ``cleanup.delete_unrouted``.  The index row is
 deleted first (its queue rows cascade), then the file: a crash in between
@@ -34,16 +36,25 @@ CHUNK = 200
 EMPTY_DIR_SECONDS = 24 * 3600
 
 
-def requires_commitment(config) -> bool:
-    """True when the storage commitment mode makes deletion wait for ``committed_at``."""
+def requires_commitment(config) -> tuple[str, ...]:
+    """The destinations whose ``committed_at`` deletion waits for: those asked to commit,
+    when some storage commitment mode (global or a modality's) is ``upstream``."""
     commitment = getattr(config, "commitment", None)
-    return getattr(commitment, "mode", "local") == "upstream"
+    if commitment is None or not getattr(commitment, "enabled", True):
+        return ()
+    modes = {getattr(commitment, "mode", "local")}
+    modes |= {getattr(ae, "mode", None) for ae in getattr(config, "remote_aes", ())}
+    if "upstream" not in modes:
+        return ()
+    return tuple(getattr(u, "destination", "") for u in getattr(commitment, "upstream", ()))
 
 
-def eligible(require_commit: bool, include_unrouted: bool) -> str:
+def eligible(require_commit: tuple[str, ...] | list[str], include_unrouted: bool) -> str:
     """SQL condition on ``instances`` (unaliased) for instances that may be removed."""
-    pending = f"q.state != '{DELIVERED}'" + (" OR q.committed_at IS NULL"
-                                             if require_commit else "")
+    pending = f"q.state != '{DELIVERED}'"
+    if require_commit:
+        names = ", ".join("'" + n.replace("'", "''") + "'" for n in require_commit)
+        pending += f" OR (q.committed_at IS NULL AND q.destination IN ({names}))"
     cond = (f"NOT EXISTS (SELECT 1 FROM forward_queue q WHERE q.instance_id = instances.id "
             f"AND ({pending}))")
     if not include_unrouted:
@@ -52,7 +63,7 @@ def eligible(require_commit: bool, include_unrouted: bool) -> str:
     return cond
 
 
-def clean(store, cfg, require_commit: bool = False, now: float | None = None) -> dict:
+def clean(store, cfg, require_commit=(), now: float | None = None) -> dict:
     """One cleanup pass; returns what it removed."""
     now = time.time() if now is None else now
     cond = eligible(require_commit, cfg.delete_unrouted)
@@ -133,7 +144,7 @@ def remove_empty_study_dirs(store, now: float | None = None) -> int:
 class Cleaner(Worker):
     """Runs :func:`clean` every ``cleanup.interval`` seconds."""
 
-    def __init__(self, store, cfg, require_commit: bool):
+    def __init__(self, store, cfg, require_commit=()):
         super().__init__("spool-cleanup")
         self.store = store
         self.cfg = cfg
