@@ -181,7 +181,7 @@ def test_same_request_again_is_reported_again(box, files, listener, tmp_path):
     assert third.committed == []
 
 
-def test_report_retried_until_the_modality_listens(box, files, listener, tmp_path):
+def test_report_retried_across_a_restart_until_the_modality_listens(box, files, listener, tmp_path):
     port_of_modality = free_port()
     router = box("router", commitment={"report_retry": 0.2, "report_retry_max": 0.5},
                  remote_aes=[{"ae_title": "MODALITY", "host": "127.0.0.1",
@@ -195,6 +195,9 @@ def test_report_retried_until_the_modality_listens(box, files, listener, tmp_pat
                                    if r["report_attempts"] >= 2), None), 60)
     assert row is not None and row["state"] == "ready"
     assert "cannot connect" in row["last_error"] or "association" in row["last_error"]
+    # The queue of reports is on disk: a power cut does not lose the owed report.
+    router.kill()
+    router = box("router", config=router.config)
     modality = listener(aet="MODALITY", port=port_of_modality)
     report = modality.wait_for(ds.TransactionUID, 60)
     assert report is not None and report.event_type == 1
