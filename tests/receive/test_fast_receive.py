@@ -220,3 +220,76 @@ def test_other_pynetdicom_versions_get_pynetdicom_own_reactors(tmp_path, monkeyp
 def _restore_receive():
     yield
     receive.uninstall()
+
+
+def _echo_command(message_id: int) -> bytes:
+    import struct
+
+    def elem(element, value):
+        return struct.pack("<HHI", 0, element, len(value)) + value
+    body = (elem(0x0002, b"1.2.840.10008.1.1\0") + elem(0x0100, struct.pack("<H", 0x30))
+            + elem(0x0110, struct.pack("<H", message_id))
+            + elem(0x0800, struct.pack("<H", 0x0101)))
+    return elem(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _pdata(*pdvs) -> bytes:
+    import struct
+    items = b"".join(struct.pack(">IB", len(v) + 1, cid) + v for cid, v in pdvs)
+    return struct.pack(">BBI", 0x04, 0, len(items)) + items
+
+
+def _verification_association(port):
+    from pynetdicom import AE
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMBOX")
+    assert assoc.is_established
+    return ae, assoc
+
+
+def test_pdvs_of_one_pdu_and_fragments_across_pdvs(tmp_path):
+    """A command split over two PDVs of one P-DATA-TF is reassembled."""
+    cfg = write_config(tmp_path)
+    router = BoxProcess("router", cfg).start()
+    try:
+        ae, assoc = _verification_association(_port(cfg))
+        cid = assoc.accepted_contexts[0].context_id
+        command = _echo_command(7)
+        raw = _pdata((cid, b"\x01" + command[:20]), (cid, b"\x03" + command[20:]))
+        # Keep the requestor's own reactor off the response (as send_c_echo does).
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        assoc.dul.socket.socket.sendall(raw)
+        _cx, rsp = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
+        assert rsp is not None and rsp.Status == 0 and rsp.MessageIDBeingRespondedTo == 7
+        assoc.release()
+        ae.shutdown()
+    finally:
+        assert router.stop() == 0
+    assert "Traceback" not in router.output()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x04\x00\x00\x00\x00\x05\x00\x00\x00\x01\x01",         # PDV without a header byte
+    b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x09\x01\x03",     # item length overruns
+    b"\x04\x00\x00\x00\x00\x00",                             # P-DATA-TF without items
+])
+def test_malformed_p_data_aborts_only_that_association(tmp_path, garbage):
+    cfg = write_config(tmp_path)
+    router = BoxProcess("router", cfg).start()
+    try:
+        ae, assoc = _verification_association(_port(cfg))
+        assoc.dul.socket.socket.sendall(garbage)
+        deadline = time.monotonic() + 30
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert assoc.is_aborted
+        ae.shutdown()
+        r = dcmtk("echoscu", "-aec", "DICOMBOX", "127.0.0.1", _port(cfg))
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert router.stop() == 0
+    assert "Traceback" not in router.output()

@@ -25,7 +25,9 @@ server (slower, same behaviour).  This module touches no pynetdicom global:
 only the listener's own associations use these classes.
 
 Reading a PDU also goes through :meth:`FastSocket.recv`, which fills one
-buffer with ``recv_into`` instead of concatenating 4 KiB reads, and a plain
+buffer with ``recv_into`` instead of concatenating 4 KiB reads; the PDVs of
+a P-DATA-TF are handed on as views of that buffer (:class:`_ReceivedPData`)
+instead of the four copies pynetdicom's decoding makes; and a plain
 successful C-STORE response is encoded directly (:class:`FastDIMSE`), byte
 for byte what pynetdicom would send, without building a pydicom command set.
 """
@@ -50,7 +52,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import (
     AssociationSocket,
@@ -65,6 +67,12 @@ except ImportError:  # pragma: no cover - CPython always has ssl here
     ssl = None  # type: ignore[assignment]
 
 LOGGER = logging.getLogger("dicombox.dimse.reactor")
+# The copied loops log where pynetdicom's own would (the service turns those
+# records into one line: a peer's garbage is not the box's failure).
+DUL_LOGGER = logging.getLogger("pynetdicom.dul")
+ASSOC_LOGGER = logging.getLogger("pynetdicom.association")
+_UINT4 = struct.Struct(">I")
+_PDU_HEADER = struct.Struct(">BBL")
 
 #: The only pynetdicom version whose loops these classes reproduce.
 PYNETDICOM_VERSION = "3.0.4"
@@ -142,6 +150,39 @@ class FastSocket(AssociationSocket):
         return buf
 
 
+class _ReceivedPData(P_DATA_TF):
+    """A received P-DATA-TF whose PDVs are views into the PDU's buffer.
+
+    pynetdicom copies each PDV several times on its way to the file (the
+    PDU as bytes, the PDU body, each item, the item's value); the state
+    machine only ever calls :meth:`to_primitive` on it (DT-2, AR-6) or
+    drops it, so the views are handed on as they are.
+    """
+
+    def __init__(self, pdvs: list):  # noqa: D107 - nothing of P_DATA_TF's own state
+        self._pdvs = pdvs
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.extend(self._pdvs)
+        return primitive
+
+
+def _split_pdvs(body: memoryview) -> list | None:
+    """(context ID, value) of each PDV item of a P-DATA-TF body, or ``None``
+    if the items do not exactly fill it (PS3.8 9.3.5)."""
+    pdvs, offset, end = [], 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            return None
+        (length,) = _UINT4.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return None
+        pdvs.append((body[offset + 4], body[offset + 5:offset + 4 + length]))
+        offset += 4 + length
+    return pdvs if pdvs else None
+
+
 class FastDUL(DULServiceProvider):
     """The DUL provider, blocking in ``select()`` instead of sleep-polling."""
 
@@ -169,6 +210,61 @@ class FastDUL(DULServiceProvider):
                     self.join(MAX_WAIT)
             return True
         return False
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom 3.0.4's ``_read_pdu_data``; a P-DATA-TF is split into
+        views of its buffer instead of being decoded into copies, unless an
+        ``EVT_DATA_RECV``/``EVT_PDU_RECV`` handler wants the decoded PDU."""
+        assoc = self.assoc
+        if assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV):
+            super()._read_pdu_data()
+            return
+        sock = cast("AssociationSocket", self.socket)
+        try:
+            header = sock.recv(6)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+        except struct.error:
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            DUL_LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = sock.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            DUL_LOGGER.error(f"The received PDU is shorter than expected ({len(body) + 6} of "
+                         f"{6 + pdu_length} bytes received)")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04:
+            pdvs = _split_pdvs(memoryview(body))
+            if pdvs is None:
+                DUL_LOGGER.error("Unable to decode the received PDU data")
+                self.event_queue.put("Evt19")
+                return
+            pdu, event = _ReceivedPData(pdvs), "Evt10"
+        else:
+            try:
+                pdu, event = self._decode_pdu(bytearray(header) + body)
+            except Exception as exc:
+                DUL_LOGGER.error("Unable to decode the received PDU data")
+                DUL_LOGGER.exception(exc)
+                self.event_queue.put("Evt19")
+                return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def _wait(self) -> None:
         """Block until the socket is readable, another thread queued
@@ -215,8 +311,8 @@ class FastDUL(DULServiceProvider):
                     elif self._is_transport_event():
                         self._idle_timer.restart()
                 except Exception as exc:
-                    LOGGER.error("Exception in DUL.run(), aborting association")
-                    LOGGER.exception(exc)
+                    DUL_LOGGER.error("Exception in DUL.run(), aborting association")
+                    DUL_LOGGER.exception(exc)
                     abort_pdu = A_ABORT_RQ()
                     abort_pdu.source = 0x02
                     abort_pdu.reason_diagnostic = 0x00
@@ -359,7 +455,7 @@ class FastAssociation(Association):
 
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
-                LOGGER.info("Association Released")
+                ASSOC_LOGGER.info("Association Released")
                 self.is_released = True
                 self.is_established = False
                 evt.trigger(self, evt.EVT_RELEASED, {})
@@ -370,7 +466,7 @@ class FastAssociation(Association):
                 log_msg = "Association Aborted"
                 if self.acse.is_aborted("a-p-abort"):
                     log_msg += " (A-P-ABORT)"
-                LOGGER.info(log_msg)
+                ASSOC_LOGGER.info(log_msg)
                 self.dul.receive_pdu(wait=False)
                 self.is_aborted = True
                 self.is_established = False
@@ -383,7 +479,7 @@ class FastAssociation(Association):
                 return
 
             if self.dul.idle_timer_expired():
-                LOGGER.error("Network timeout reached")
+                ASSOC_LOGGER.error("Network timeout reached")
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True
                     self._reactor_checkpoint.wait()
