@@ -169,6 +169,9 @@ def markdown(results: dict) -> str:
                              "| | | | |")
                 continue
             target = r.get("target")
+            runs = len(r["ours"].get("runs", []))
+            if runs and runs < results["repetitions"]:
+                r = {**r, "label": f"{r['label']} ({runs} run{'s' if runs > 1 else ''})"}
             tdesc = r.get("target_text") or ("-" if target is None else f">= {target:.2f}x")
             lines.append(
                 f"| {r['case']} | {r['label']} | {fmt_seconds(r['ours']['median_seconds'])} "
