@@ -323,7 +323,7 @@ def storescu(port: int, aet: str, files_dir: Path, timeout: float = 1800,
 class Measured:
     """Wall time, peak RSS and CPU time of one finished child process."""
 
-    def __init__(self, seconds: float, peak_rss: int, cpu: float, returncode: int,
+    def __init__(self, seconds: float, peak_rss: int | None, cpu: float, returncode: int,
                  output: str):
         self.seconds = seconds
         self.peak_rss = peak_rss
@@ -332,21 +332,38 @@ class Measured:
         self.output = output
 
 
-def run_measured(args, env=None, cwd=None, timeout: float = 1800) -> Measured:
-    """Run ``args`` to completion; its resources come from ``wait4``."""
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=cwd)
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
+#: GNU time reports the peak RSS of a process it forked itself; ``wait4``'s
+#: ``ru_maxrss`` of our own child also counts the memory of this (large)
+#: process, which the child was forked with.
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
+def run_measured(args, env=None, cwd=None, timeout: float = 1800,
+                 want_rss: bool = True) -> Measured:
+    """Run ``args`` to completion: wall and CPU time from ``wait4``, peak RSS
+    from GNU time when it is installed (else ``None``)."""
+    args = [str(a) for a in args]
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        rss_file = os.path.join(tmp, "rss")
+        if want_rss and GNU_TIME:
+            args = [GNU_TIME, "-f", "%M", "-o", rss_file, *args]
+        with open(os.path.join(tmp, "out"), "w+b") as out:
+            start = time.perf_counter()
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=cwd)
+            killer = threading.Timer(timeout, proc.kill)
+            killer.start()
+            try:
+                _pid, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                killer.cancel()
+            elapsed = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        rss = None
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        elapsed = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    return Measured(elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime,
-                    proc.returncode, text)
+            rss = int(Path(rss_file).read_text().split()[-1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+    return Measured(elapsed, rss, usage.ru_utime + usage.ru_stime, proc.returncode, text)

@@ -1,9 +1,11 @@
 """Our side of the media and transcoding benchmarks, run as a child process.
 
 Each command does one job with the library code the services use and prints
-one JSON line ``{"seconds": ...}`` timed around the job itself (not the
-interpreter's start-up, which a long-running service does not pay per job);
-the parent takes the peak RSS from ``wait4``.
+one JSON line ``{"seconds": ..., "peak_rss": ...}``: the time of the job
+itself (not the interpreter's start-up, which a long-running service does not
+pay per job) and this process's own peak RSS (``VmHWM``: unlike ``wait4``'s
+``ru_maxrss`` it does not count the parent's memory this process was forked
+with).
 
     python -m bench.worker fileset INSTANCES.json OUT_DIR
     python -m bench.worker iso SOURCE_DIR OUT.iso
@@ -74,11 +76,20 @@ def transcode(source_dir: str, out_dir: str) -> dict:
 COMMANDS = {"fileset": fileset, "iso": iso, "transcode": transcode}
 
 
+def peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__, file=sys.stderr)
         return 2
-    print(json.dumps(COMMANDS[argv[0]](*argv[1:])))
+    result = COMMANDS[argv[0]](*argv[1:])
+    result["peak_rss"] = peak_rss()
+    print(json.dumps(result))
     return 0
 
 
