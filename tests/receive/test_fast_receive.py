@@ -293,3 +293,33 @@ def test_malformed_p_data_aborts_only_that_association(tmp_path, garbage):
     finally:
         assert router.stop() == 0
     assert "Traceback" not in router.output()
+
+
+def test_fast_ae_requestor_sends_and_releases(tmp_path):
+    """The event-driven reactors on the requesting side (a Storage SCU such as
+    the forwarding sender): C-ECHO, C-STOREs, release."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom.presentation import build_context
+
+    from dicombox.dimse.reactor import FastAE, FastAssociation
+    files = tiny_instances(tmp_path / "t", 25)
+    cfg = write_config(tmp_path)
+    router = BoxProcess("router", cfg).start()
+    try:
+        ae = FastAE(ae_title="MODALITY")
+        ae.requested_contexts = [build_context("1.2.840.10008.1.1"),
+                                 build_context("1.2.840.10008.5.1.4.1.1.7",
+                                               [ExplicitVRLittleEndian])]
+        assoc = ae.associate("127.0.0.1", _port(cfg), ae_title="DICOMBOX")
+        assert assoc.is_established
+        assert isinstance(assoc, FastAssociation)
+        assert assoc.send_c_echo().Status == 0
+        for f in files:
+            assert assoc.send_c_store(f).Status == 0
+        assoc.release()
+        assert assoc.is_released
+        ae.shutdown()
+    finally:
+        assert router.stop() == 0
+    rows = _check_spool(tmp_path / "state" / "router", files)
+    assert len(rows) == 25

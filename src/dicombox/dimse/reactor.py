@@ -45,7 +45,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import pynetdicom
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -411,11 +411,15 @@ class FastDIMSE(DIMSEServiceProvider):
 
 
 class FastAssociation(Association):
-    """An acceptor association whose reactor waits on events, not sleeps."""
+    """An association whose reactor waits on events, not sleeps."""
 
     def __init__(self, ae, mode: str):
-        self._wake = threading.Event()
         super().__init__(ae, mode)
+        self._become_fast()
+
+    def _become_fast(self) -> None:
+        """Swap in the event-driven providers (before the threads start)."""
+        self._wake = threading.Event()
         self.dul = FastDUL(self)
         self.dimse = FastDIMSE(self)
         self.dimse.msg_queue = _NotifyingQueue(self._wake.set, lambda: None)
@@ -529,6 +533,27 @@ class FastRequestHandler(RequestHandler):
         return assoc
 
 
+class FastAE(AE):
+    """An AE whose *requested* associations (``associate()``) use the
+    event-driven reactors too: a Storage SCU otherwise waits up to a
+    millisecond in each of pynetdicom's loops for every C-STORE it sends.
+
+    ``AE.associate`` builds a plain ``Association`` and then asks
+    ``_create_socket`` for its socket, before any thread runs; that is where
+    the association becomes a :class:`FastAssociation`.  On another
+    pynetdicom version this is a plain AE.
+    """
+
+    def _create_socket(self, assoc, address, tls_args):
+        if not supported() or not isinstance(assoc, Association) or assoc.is_alive():
+            return super()._create_socket(assoc, address, tls_args)
+        assoc.__class__ = FastAssociation
+        cast(FastAssociation, assoc)._become_fast()
+        sock = FastSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
+
+
 class FastAssociationServer(ThreadedAssociationServer):
     """A threaded association server using :class:`FastRequestHandler`."""
 
@@ -554,6 +579,6 @@ def start_server(ae, address, evt_handlers: list) -> ThreadedAssociationServer:
     return server
 
 
-__all__ = ["FastAssociation", "FastAssociationServer", "FastDIMSE", "FastDUL",
+__all__ = ["FastAE", "FastAssociation", "FastAssociationServer", "FastDIMSE", "FastDUL",
            "FastRequestHandler", "c_store_rsp_command",
            "FastSocket", "PYNETDICOM_VERSION", "start_server", "supported"]
