@@ -34,6 +34,7 @@ from ..lifecycle import Service
 from ..store import InstanceStore
 from ..uids import STORAGE_SOP_CLASSES, VERIFICATION
 from . import jobs as J
+from . import mcm
 from .jobs import Group, JobStore
 from .runner import JobRunner
 from .udev import MediaWatcher, UdevUnavailable
@@ -54,7 +55,13 @@ def media_contexts(config: Config):
                                 ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     contexts += storage_contexts(accepted_sop_classes(config),
                                  list(config.storage.transfer_syntax_uids()))
+    contexts += storage_contexts([mcm.SOP_CLASS], ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     return contexts
+
+
+def mcm_profiles(config: Config) -> tuple[str, ...]:
+    """The profiles a media creation request may name: the configured one when fixed."""
+    return () if config.media.profile == "auto" else (config.media.profile,)
 
 
 class Associations:
@@ -123,6 +130,7 @@ class MediaService(Service):
         self.jobs: JobStore | None = None
         self.listener: Listener | None = None
         self.scp: StorageSCP | None = None
+        self.mcm: mcm.MediaCreationSCP | None = None
         self.runner: JobRunner | None = None
         self.watcher: MediaWatcher | None = None
         self.associations = Associations()
@@ -136,7 +144,8 @@ class MediaService(Service):
         # disc); jobs that still need the earlier file keep a hard link of it.
         self.store = InstanceStore(cfg.box.state_dir, "media",
                                    reserve_bytes=cfg.storage.reserve_mb * 1024 * 1024,
-                                   duplicates="replace", migrations=J.MIGRATIONS)
+                                   duplicates="replace",
+                                   migrations=J.MIGRATIONS + mcm.MIGRATIONS)
         recovered = self.store.recover()
         if not recovered["clean"]:
             LOGGER.warning("media: previous run did not stop cleanly; spool checked")
@@ -165,7 +174,9 @@ class MediaService(Service):
         policy = AssociationPolicy(media.ae_title, media.allowed_calling_aets,
                                    media.allowed_peers)
         from pynetdicom import evt
-        handlers = [*self.scp.handlers(), (evt.EVT_RELEASED, self._on_association_end),
+        self.mcm = mcm.MediaCreationSCP(self.jobs, mcm_profiles(cfg), wake=self.runner.wake)
+        handlers = [*self.scp.handlers(), *self.mcm.handlers(),
+                    (evt.EVT_RELEASED, self._on_association_end),
                     (evt.EVT_ABORTED, self._on_association_end)]
         self.listener = Listener(ae, cfg.box.listen_address, self.port, policy, handlers)
         self.runner.start()
@@ -290,7 +301,9 @@ def _media_contexts() -> str:
     rows = [[VERIFICATION.name, VERIFICATION.uid,
              "ExplicitVRLittleEndian, ImplicitVRLittleEndian", "SCP", "None"],
             ["Every Storage SOP Class of Table 2 (and `storage.private_sop_classes`)",
-             "see Table 2", f"{ts} (in this order of preference)", "SCP", "None"]]
+             "see Table 2", f"{ts} (in this order of preference)", "SCP", "None"],
+            [mcm.SOP_CLASS_NAME, mcm.SOP_CLASS,
+             "ExplicitVRLittleEndian, ImplicitVRLittleEndian", "SCP", "None"]]
     return md_table(["Abstract Syntax", "UID", "Transfer Syntaxes", "Role", "Ext. Neg."], rows)
 
 
