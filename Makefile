@@ -36,15 +36,15 @@ test: $(STAMP) peers lint
 bench: $(STAMP) peers
 	$(BIN)/python -m bench
 
-## Appliance images (image-build/README.md); host tools come with `make peers`.
+## Appliance images (image-build/README.md); `peers` brings the host tools.
 IMAGE_OUT ?= image-build/out
 
 ## The Raspberry Pi 3/4 SD card image: $(IMAGE_OUT)/dicombox-rpi.img
-image: $(STAMP)
+image: $(STAMP) peers
 	image-build/build.sh --board rpi --out $(IMAGE_OUT)
 
 ## Build the amd64 test image and boot it twice under QEMU; fails unless its self-test passes.
-image-test: $(STAMP)
+image-test: $(STAMP) peers
 	image-build/build.sh --board pc --test --out $(IMAGE_OUT)/test
 	image-build/boot-test.sh $(IMAGE_OUT)/test
 
