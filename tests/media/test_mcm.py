@@ -101,7 +101,8 @@ def test_create_initiate_burns_exactly_the_referenced_instances(box, tmp_path, s
     chosen = study[1:4]
     uid = generate_uid()
     with Scu(config) as scu:
-        status, attrs = scu.create(request(chosen, LabelText="Clinic copy",
+        status, attrs = scu.create(request(chosen, SpecificCharacterSet="ISO_IR 192",
+                                           LabelText="Kopie für Müller",
                                            LabelUsingInformationExtractedFromInstances="YES",
                                            profile="STD-GEN-CD"),
                                    uid)
@@ -115,10 +116,10 @@ def test_create_initiate_burns_exactly_the_referenced_instances(box, tmp_path, s
         wait_for(lambda: execution(scu, uid) in ("DONE", "FAILURE"), 90, box=media)
         status, ds = scu.get(uid)
         assert ds.ExecutionStatus == "DONE" and ds.TotalNumberOfPiecesOfMediaCreated == 1
-        assert ds.LabelText == "Clinic copy"
+        assert ds.LabelText == "Kopie für Müller"
         # Only what was asked for.
         status, ds = scu.get(uid, [0x21000020])
-        assert status.Status == 0x0000 and list(ds.keys()) == [0x21000020]
+        assert status.Status == 0x0000 and list(ds.keys()) == [0x00080005, 0x21000020]
         # Cancelling a finished request: C201.
         assert scu.action(uid, 2).Status == 0xC201
     [job] = [j for j in jobs(state) if j["group_kind"] == "request"]

@@ -408,6 +408,8 @@ class MediaCreationSCP:
         ds.StorageMediaFileSetID = J.fileset_id(row["job_id"])
         if attrs.get("label_text"):
             ds.LabelText = attrs["label_text"]
+            if not attrs["label_text"].isascii():
+                ds.SpecificCharacterSet = "ISO_IR 192"
         if attrs.get("label_from_instances"):
             ds.LabelUsingInformationExtractedFromInstances = attrs["label_from_instances"]
         if attrs.get("profile"):
@@ -429,7 +431,7 @@ class MediaCreationSCP:
                 failed.append(item)
             ds.FailedSOPSequence = failed
         if wanted:
-            keep = {int(t) for t in wanted}
+            keep = {int(t) for t in wanted} | {0x00080005}  # the character set stays
             for elem in list(ds):
                 if int(elem.tag) not in keep:
                     del ds[elem.tag]

@@ -331,4 +331,4 @@ def _job_commands() -> str:
 
 def conformance_tables() -> dict:
     return {"media-contexts": _media_contexts, "media-job-states": _job_states,
-            "media-job-commands": _job_commands}
+            "media-job-commands": _job_commands, **mcm.conformance_tables()}
