@@ -7,6 +7,7 @@ import tomllib
 import pytest
 from mediabox import (
     check_disc,
+    cli,
     jobs,
     kill_hard,
     log_of,
@@ -163,6 +164,9 @@ def test_cancel_before_and_bad_requests(box, tmp_path, study):
         # Missing attributes.
         status, _ = scu.create(request([], LabelText="no instances"))
         assert status.Status == 0x0120 and "Referenced SOP Sequence" in status.ErrorComment
+        empty = request([], LabelText="empty")
+        empty.ReferencedSOPSequence = []
+        assert scu.create(empty)[0].Status == 0x0121
         no_uid = request(study[:1])
         del no_uid.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         status, _ = scu.create(no_uid)
@@ -181,6 +185,10 @@ def test_cancel_before_and_bad_requests(box, tmp_path, study):
         prio.RequestPriority = "URGENT"
         assert scu.action(uid2, 1, prio).Status == 0x0106
         assert execution(scu, uid2) == "IDLE"
+        # A request whose job an operator deleted is gone.
+        [job] = [j for j in jobs(state) if j["state"] == "cancelled"]
+        cli(config, "media", "delete", job["id"])
+        wait_for(lambda: scu.get(uid)[0].Status == 0x0112, 30, box=media)
     # Another called AE title on this port is rejected.
     scu = Scu(config, called="DICOMBOX")
     assert not scu.assoc.is_established

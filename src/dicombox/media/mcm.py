@@ -304,7 +304,7 @@ class MediaCreationSCP:
                                 "j.medium_refused FROM media_mcm_requests r LEFT JOIN "
                                 "media_jobs j ON j.id = r.job_id WHERE "
                                 "r.sop_instance_uid = ?", (uid,))
-        if row is None:
+        if row is None or row["state"] is None:  # never made, or its job was deleted
             raise RequestError(S.NO_SUCH_OBJECT_INSTANCE, f"no media creation request {uid}")
         return dict(row)
 
