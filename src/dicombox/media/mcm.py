@@ -340,13 +340,14 @@ class MediaCreationSCP:
                                    f"no media creation request {uid}")
             if row["initiated_at"] is not None:
                 raise RequestError(ALREADY_INITIATED, "already initiated")
-            if row["state"] != J.COLLECTING:
+            if row["state"] in (J.FAILED, J.CANCELLED):
                 raise RequestError(S.PROCESSING_FAILURE, f"request is {row['state']}")
             conn.execute("UPDATE media_mcm_requests SET initiated_at = ?, copies = ?, "
                          "priority = ? WHERE sop_instance_uid = ?",
                          (now, copies, priority, uid))
-            conn.execute("INSERT INTO media_commands (command, job_id, created_at) "
-                         "VALUES ('burn', ?, ?)", (row["job_id"], now))
+            if row["state"] == J.COLLECTING:  # else an operator already started it
+                conn.execute("INSERT INTO media_commands (command, job_id, created_at) "
+                             "VALUES ('burn', ?, ?)", (row["job_id"], now))
         return f"initiated (job {row['job_id']}, priority {priority})"
 
     def cancel(self, uid: str) -> str:
@@ -463,7 +464,8 @@ STATUSES = [
     ("N-ACTION", S.SUCCESS, "Initiate: the burn is queued; Cancel: the cancel is queued "
      "(or the request was already cancelled)"),
     ("N-ACTION", ALREADY_INITIATED, "Initiate on a request already initiated"),
-    ("N-ACTION", S.PROCESSING_FAILURE, "Initiate on a request cancelled before initiation"),
+    ("N-ACTION", S.PROCESSING_FAILURE, "Initiate on a request cancelled (or failed) before "
+     "initiation"),
     ("N-ACTION", S.INVALID_ATTRIBUTE_VALUE, "Number of Copies other than 1, an unknown "
      "Request Priority"),
     ("N-ACTION", ALREADY_COMPLETED, "Cancel of a request whose media are done"),
