@@ -238,3 +238,20 @@ def test_cleanup_removes_only_what_was_delivered(box, netns, peers, data,
     r = cli(router.config, "spool", "list", "--json")
     assert [i["sop_instance_uid"] for i in __import__("json").loads(r.stdout)] == [
         sop_uid(data["cr"][0])]
+
+
+def test_a_destination_taking_one_association_at_a_time(box, netns, peers, tmp_path):
+    """DCMTK storescp serves one association at a time: the senders that cannot associate
+    back off alone; no instance waits on them, none is attempted twice or sent twice."""
+    from datagen import tiny_instances
+    files = tiny_instances(tmp_path / "tiny", 150)
+    scp = peers.storescp("single", extra=["+xa", "+uf"])
+    router = box("router", netns=netns,
+                 destinations=[destination("single", scp, max_associations=3, batch_size=20,
+                                           acse_timeout=2.0)],
+                 forwarding={"default_destinations": ["single"], **FAST})
+    send_as_stored(netns, router_port(router), files)
+    wait_for(lambda: delivered(router.config, "single", len(files)), what="all delivered")
+    rows = queue_rows(tmp_path / "state")
+    assert {r["attempts"] for r in rows} == {1}
+    assert sorted(storescp_uids(scp)) == sorted(sop_uid(f) for f in files)

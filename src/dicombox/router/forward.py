@@ -66,6 +66,7 @@ class DestinationPool:
     def __init__(self, forwarding: Forwarding, destination):
         self.fwd = forwarding
         self.dest = destination
+        self.syntaxes = destination.transfer_syntax_uids()
         self.lock = threading.Lock()
         self.failures = 0
         self.paused_until = 0.0
@@ -77,6 +78,7 @@ class DestinationPool:
             s.wake()
 
     def association_failed(self, reason: str) -> float:
+        """The destination cannot be reached: every sender of it pauses."""
         cfg = self.fwd.config.forwarding
         with self.lock:
             self.failures += 1
@@ -90,22 +92,34 @@ class DestinationPool:
             self.failures = 0
             self.paused_until = 0.0
 
-    def claim(self) -> list[Item]:
-        """Take up to ``batch_size`` due rows whose contexts fit one association."""
-        now = time.time()
-        syntaxes = self.dest.transfer_syntax_uids()
-        with self.fwd.store.db.write() as conn:
-            found = queue.candidates(conn, self.dest.name, now, self.dest.batch_size)
-            batch: list[Item] = []
-            contexts: set = set()
-            for item in found:
-                more = set(needed_contexts(item, syntaxes, self.dest.offer_stored)) - contexts
-                if len(contexts) + len(more) > MAX_CONTEXTS:
-                    break
-                contexts |= more
-                batch.append(item)
-            queue.mark_claimed(conn, batch)
+    def others_connected(self, sender: Sender) -> bool:
+        return any(s.session.is_open() for s in self.senders if s is not sender)
+
+    def peek(self) -> list[Item]:
+        """Due rows (not claimed) whose contexts fit one association: what to propose."""
+        found = queue.candidates(self.fwd.store.db.read_conn(), self.dest.name, time.time(),
+                                 self.dest.batch_size)
+        batch: list[Item] = []
+        contexts: set = set()
+        for item in found:
+            more = set(needed_contexts(item, self.syntaxes, self.dest.offer_stored)) - contexts
+            if len(contexts) + len(more) > MAX_CONTEXTS:
+                break
+            contexts |= more
+            batch.append(item)
         return batch
+
+    def claim(self, proposed: set) -> tuple[list[Item], bool]:
+        """Take up to ``batch_size`` due rows the association's contexts cover.
+
+        Returns the claimed rows and whether any row was due at all.
+        """
+        with self.fwd.store.db.write() as conn:
+            found = queue.candidates(conn, self.dest.name, time.time(), self.dest.batch_size)
+            batch = [it for it in found if set(needed_contexts(
+                it, self.syntaxes, self.dest.offer_stored)) <= proposed]
+            queue.mark_claimed(conn, batch)
+        return batch, bool(found)
 
     def idle_delay(self) -> float:
         poll = self.fwd.config.forwarding.idle_poll
@@ -125,7 +139,12 @@ class DestinationPool:
 
 
 class Sender(Worker):
-    """One association's worth of sending for one destination."""
+    """One association's worth of sending for one destination.
+
+    The association is opened *before* any row is claimed (its contexts
+    proposed for the rows then due), so rows never wait on a slow or refused
+    association: they stay pending for the other senders.
+    """
 
     def __init__(self, pool: DestinationPool, index: int):
         super().__init__(f"forward-{pool.dest.name}-{index}")
@@ -134,21 +153,51 @@ class Sender(Worker):
         self.session = Session(pool.dest, fwd.config.router.ae_title, fwd.config.network.max_pdu,
                                fwd.store.tmp_dir)
         self._idle_since: float | None = None
+        #: This sender's own back-off, when the destination takes fewer associations.
+        self._failures = 0
+        self._paused_until = 0.0
 
     def step(self) -> float:
         pool = self.pool
         if not pool.dest.enabled:
             return 3600.0
-        wait = pool.paused_until - time.time()
+        wait = max(pool.paused_until, self._paused_until) - time.time()
         if wait > 0:
             self.session.close()
             return wait
-        batch = pool.claim()
+        if not self.session.usable():
+            due = pool.peek()
+            if not due:
+                self._idle_since = None
+                return pool.idle_delay()
+            if not self._open(due):
+                return 0.0
+        batch, any_due = pool.claim(self.session.proposed)
         if not batch:
+            if any_due or self.session.all_rejected:
+                # Due work this association was not negotiated for: start afresh.
+                self.session.close()
+                return 0.0
             return self._idle()
         self._idle_since = None
         self._send(batch)
+        if self.session.all_rejected:
+            self.session.close()
         return 0.0
+
+    def _open(self, due: list[Item]) -> bool:
+        pool = self.pool
+        try:
+            self.session.open(due)
+        except AssociationFailed as exc:
+            self._association_failed(str(exc))
+            return False
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._association_failed(f"cannot associate: {exc}")
+            return False
+        pool.association_ok()
+        self._failures, self._paused_until = 0, 0.0
+        return True
 
     def _idle(self) -> float:
         """Keep an open association a moment for more work, then release it."""
@@ -165,16 +214,6 @@ class Sender(Worker):
 
     def _send(self, batch: list[Item]) -> None:
         pool, fwd = self.pool, self.pool.fwd
-        if not self.session.covers(batch):
-            try:
-                self.session.open(batch)
-            except AssociationFailed as exc:
-                self._association_failed(batch, str(exc))
-                return
-            except (OSError, RuntimeError, ValueError) as exc:
-                self._association_failed(batch, f"cannot associate: {exc}")
-                return
-        pool.association_ok()
         pending: list[Outcome] = []
         last_flush = time.monotonic()
         delivered = 0
@@ -195,8 +234,8 @@ class Sender(Worker):
             if attempt.broken:
                 self.session.abort()
                 pending += [Outcome(it, "release") for it in batch[n + 1:]]
-                self._flush(pending, error=attempt.error)
-                pool.association_failed(attempt.error)
+                self._flush(pending, success=delivered > 0, error=attempt.error)
+                self._association_failed(attempt.error, noted=True)
                 return
             if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > FLUSH_SECONDS:
                 self._flush(pending, success=delivered > 0)
@@ -217,11 +256,23 @@ class Sender(Worker):
             return Outcome(item, event, error, next_attempt_at=now + delay)
         return Outcome(item, event, error, sent_uid)
 
-    def _association_failed(self, batch: list[Item], reason: str) -> None:
-        delay = self.pool.association_failed(reason)
-        LOGGER.warning("%s: %s; %d instance(s) wait, next try in %.1f s", self.pool.dest.name,
-                       reason, len(batch), delay)
-        self._flush([self._outcome(it, "fail", reason) for it in batch], error=reason)
+    def _association_failed(self, reason: str, noted: bool = False) -> None:
+        """No association: unclaimed rows wait, untouched, for this or another sender."""
+        pool = self.pool
+        cfg = pool.fwd.config.forwarding
+        if pool.others_connected(self):
+            # The destination is up but takes fewer associations than configured:
+            # only this sender backs off.
+            self._failures += 1
+            delay = backoff(self._failures, cfg.retry_initial, cfg.retry_max)
+            self._paused_until = time.time() + delay
+            LOGGER.info("%s: another association refused (%s); this sender waits %.1f s",
+                        pool.dest.name, reason, delay)
+            return
+        delay = pool.association_failed(reason)
+        LOGGER.warning("%s: %s; next try in %.1f s", pool.dest.name, reason, delay)
+        if not noted:
+            self._flush([], error=reason)
 
     def _flush(self, outcomes: list[Outcome], success: bool = False,
                error: str | None = None) -> None:

@@ -234,10 +234,12 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome], now: float) ->
 def expire(conn: sqlite3.Connection, max_age: float, now: float) -> int:
     """Rows queued longer than ``max_age`` seconds ago and not delivered go to dead."""
     hours = max_age / 3600
+    # A row never attempted (its destination unreachable) takes the destination's error.
     return conn.execute(
         f"UPDATE forward_queue SET state = '{target('expire')}', last_error = "
-        f"'not delivered within {hours:g} h' || "
-        "CASE WHEN last_error != '' THEN '; last error: ' || last_error ELSE '' END "
+        f"'not delivered within {hours:g} h' || COALESCE('; last error: ' || NULLIF("
+        "CASE WHEN last_error != '' THEN last_error ELSE (SELECT d.last_error FROM "
+        "forward_destinations d WHERE d.name = forward_queue.destination) END, ''), '') "
         f"WHERE state IN ('{PENDING}', '{RETRY}') AND created_at < ?",
         (now - max_age,)).rowcount
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,62 @@ def _nodelay(event) -> None:
             pass
 
 
+#: Bytes of P-DATA waiting for the socket at most: the file is read only as fast as
+#: the network takes it (pynetdicom's queue to its DUL thread is unbounded).
+MAX_QUEUED_BYTES = 8 << 20
+#: PDU size used towards a peer that announced no limit (pynetdicom would read the
+#: whole dataset into one PDU).
+UNLIMITED_PEER_PDU = 1 << 20
+
+
+def _bounded_sending(assoc) -> None:
+    """Bound the memory one C-STORE takes, whatever the size of the instance."""
+    from pynetdicom.pdu_primitives import P_DATA, MaximumLengthNotification
+
+    pdu = UNLIMITED_PEER_PDU
+    for item in assoc.acceptor.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            if not item.maximum_length_received:
+                item.maximum_length_received = UNLIMITED_PEER_PDU
+            pdu = item.maximum_length_received
+    limit = max(4, MAX_QUEUED_BYTES // max(pdu, 1))
+    dul = assoc.dul
+    put = dul.send_pdu
+    pending = dul.to_provider_queue
+
+    def send_pdu(primitive):
+        if isinstance(primitive, P_DATA):
+            while (pending.qsize() >= limit and dul.is_alive()
+                   and not assoc.is_aborted):
+                time.sleep(0.0005)
+        put(primitive)
+
+    dul.send_pdu = send_pdu
+
+
+def _keep_responses(assoc) -> None:
+    """Hand a C-STORE response the association's reactor took back to the sender.
+
+    pynetdicom 3.0.4's ``send_c_store`` pauses the reactor thread with a flag
+    that the reactor sets *before* it waits; once in a few thousand messages
+    the reactor is past its wait when the sender checks the flag, takes the
+    response off the DIMSE queue and drops it as an "unexpected" message.
+    The sender then waits ``dimse_timeout`` for nothing and aborts.  The
+    reactor passes what it takes to ``_serve_request``: on this Storage SCU
+    association anything that is not a request is put back on the queue,
+    where ``send_c_store`` is waiting for it.
+    """
+    serve = assoc._serve_request
+
+    def give_back(msg, context_id):
+        if msg is not None and not msg.is_valid_request:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = give_back
+
+
 class Session:
     """One association to a destination, reused while its contexts fit the work."""
 
@@ -111,6 +168,9 @@ class Session:
         self.assoc = None
         self.proposed: set[tuple[str, str]] = set()
         self.accepted: dict[str, list[str]] = {}
+        #: The destination rejected every proposed context (pynetdicom then aborts):
+        #: the rows they were proposed for can only go to dead-letter.
+        self.all_rejected = False
 
     # -- association -----------------------------------------------------------
 
@@ -124,11 +184,12 @@ class Session:
                     out.append(ctx)
         return out
 
-    def covers(self, items: Sequence[Item]) -> bool:
-        return self.is_open() and all(c in self.proposed for c in self.needed(items))
-
     def is_open(self) -> bool:
         return self.assoc is not None and self.assoc.is_established
+
+    def usable(self) -> bool:
+        """Negotiated: rows whose contexts were proposed may be claimed and tried."""
+        return self.is_open() or self.all_rejected
 
     def open(self, items: Sequence[Item]) -> None:
         from pynetdicom import AE, evt
@@ -155,10 +216,14 @@ class Session:
                              evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
         self.proposed = set(contexts)
         self.accepted = {}
+        if assoc.is_established:
+            _keep_responses(assoc)
+            _bounded_sending(assoc)
         if not assoc.is_established:
             if assoc.rejected_contexts and not assoc.accepted_contexts and not assoc.is_rejected:
                 # Every context was rejected: pynetdicom aborted the association.
                 # Nothing of this batch can be sent there, ever: choose() says why.
+                self.all_rejected = True
                 return
             raise AssociationFailed(_why_not(assoc, self.dest, bool(connected)))
         self.assoc = assoc
@@ -179,6 +244,7 @@ class Session:
         self.assoc = None
         self.proposed = set()
         self.accepted = {}
+        self.all_rejected = False
 
     def abort(self) -> None:
         if self.assoc is not None:
@@ -189,6 +255,7 @@ class Session:
         self.assoc = None
         self.proposed = set()
         self.accepted = {}
+        self.all_rejected = False
 
     # -- one instance ------------------------------------------------------------
 
