@@ -9,7 +9,10 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from helpers import DICOMBOX
 from peers import Orthanc, StoreSCP
@@ -158,3 +161,22 @@ def explicit_only_config(path: Path, sop_classes) -> Path:
     path.write_text("\n".join(lines))
     return path
 
+
+def multiframe(path, frames: int, rows: int, cols: int):
+    """A multi-frame 16-bit Explicit VR LE instance; returns its first frame."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    frame = (np.add.outer(np.arange(rows), np.arange(cols)) % 4096).astype("<u2")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PixelData = b"".join((frame + i).astype("<u2").tobytes() for i in range(frames))
+    ds.save_as(path, enforce_file_format=True)
+    return frame

@@ -10,6 +10,7 @@ from fwdkit import (
     delivered,
     destination,
     explicit_only_config,
+    multiframe,
     orthanc_file,
     orthanc_uids,
     queue_json,
@@ -255,3 +256,53 @@ def test_a_destination_taking_one_association_at_a_time(box, netns, peers, tmp_p
     rows = queue_rows(tmp_path / "state")
     assert {r["attempts"] for r in rows} == {1}
     assert sorted(storescp_uids(scp)) == sorted(sop_uid(f) for f in files)
+
+
+def test_forwarding_a_large_instance_does_not_hold_it_in_memory(box, netns, peers, tmp_path):
+    """A 128 MB instance is forwarded (as stored, and converted) with the router's memory
+    growing by far less than its size."""
+    import threading
+
+    import psutil
+
+    big = tmp_path / "big.dcm"
+    multiframe(big, 256, 512, 512)          # 128 MB of pixel data
+    size = big.stat().st_size
+    plain = peers.storescp("plain", start=False)
+    jls = peers.storescp("jls", aet="JLS", extra=["+xa"], start=False)
+    router = box("router", netns=netns,
+                 destinations=[destination("plain", plain),
+                               destination("jls", jls, transfer_syntaxes=["JPEGLSLossless"],
+                                           offer_stored=False)],
+                 forwarding={"default_destinations": ["plain", "jls"], **FAST})
+    send_as_stored(netns, router_port(router), [big])
+    proc = psutil.Process(router.pid)
+    procs = [proc, *proc.children(recursive=True)]
+    base = max(p.memory_info().rss for p in procs)
+    peak, done = [base], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            try:
+                peak.append(max(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        plain.start()
+        jls.start()
+        wait_for(lambda: delivered(router.config, "plain", 1)
+                 and delivered(router.config, "jls", 1), timeout=120, what="both copies")
+    finally:
+        done.set()
+        sampler.join()
+    growth = max(peak) - base
+    assert growth < size / 4, f"router grew by {growth >> 20} MB sending {size >> 20} MB"
+    got = dcmread(plain.files()[0], defer_size=1024)
+    assert got.SOPInstanceUID == sop_uid(big)
+    got = dcmread(jls.files()[0], defer_size=1024)
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert got.SOPInstanceUID == sop_uid(big)

@@ -4,9 +4,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from fwdkit import multiframe
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicombox import transcode as tc
 from dicombox.uids import TRANSFER_SYNTAXES
@@ -153,28 +153,9 @@ def test_undecodable_pixel_data_is_a_transcode_error(tmp_path, compressed):
     assert [p.name for p in tmp_path.iterdir()] == ["broken.dcm"]
 
 
-def _multiframe(path, frames: int, rows: int, cols: int):
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    frame = (np.add.outer(np.arange(rows), np.arange(cols)) % 4096).astype("<u2")
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.PixelData = b"".join((frame + i).astype("<u2").tobytes() for i in range(frames))
-    ds.save_as(path, enforce_file_format=True)
-    return frame
-
-
 def test_large_multiframe_is_converted_frame_by_frame(tmp_path):
     """64 MB of pixel data go through RLE and back holding about one frame at a time."""
-    frame = _multiframe(tmp_path / "big.dcm", 128, 512, 512)
+    frame = multiframe(tmp_path / "big.dcm", 128, 512, 512)
     tracemalloc.start()
     try:
         rle = tc.convert(tmp_path / "big.dcm", tc.RLE, tmp_path)
