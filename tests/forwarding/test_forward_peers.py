@@ -260,7 +260,8 @@ def test_a_destination_taking_one_association_at_a_time(box, netns, peers, tmp_p
 
 def test_forwarding_a_large_instance_does_not_hold_it_in_memory(box, netns, peers, tmp_path):
     """A 128 MB instance is forwarded (as stored, and converted) with the router's memory
-    growing by far less than its size."""
+    growing by far less than its size; a destination that drops the association while the
+    router converts gets it on a new one."""
     import threading
 
     import psutil
@@ -269,10 +270,11 @@ def test_forwarding_a_large_instance_does_not_hold_it_in_memory(box, netns, peer
     multiframe(big, 256, 512, 512)          # 128 MB of pixel data
     size = big.stat().st_size
     plain = peers.storescp("plain", start=False)
-    jls = peers.storescp("jls", aet="JLS", extra=["+xa"], start=False)
+    # This one drops an association idle for a second (while the router converts).
+    jls = peers.storescp("jls", aet="JLS", extra=["+xa", "-ts", "1"], start=False)
     router = box("router", netns=netns,
                  destinations=[destination("plain", plain),
-                               destination("jls", jls, transfer_syntaxes=["JPEGLSLossless"],
+                               destination("jls", jls, transfer_syntaxes=["RLELossless"],
                                            offer_stored=False)],
                  forwarding={"default_destinations": ["plain", "jls"], **FAST})
     send_as_stored(netns, router_port(router), [big])
@@ -303,6 +305,8 @@ def test_forwarding_a_large_instance_does_not_hold_it_in_memory(box, netns, peer
     assert growth < size / 4, f"router grew by {growth >> 20} MB sending {size >> 20} MB"
     got = dcmread(plain.files()[0], defer_size=1024)
     assert got.SOPInstanceUID == sop_uid(big)
+    rows = {r["destination"]: r for r in queue_rows(tmp_path / "state")}
+    assert rows["jls"]["attempts"] == 1, rows["jls"]["last_error"]
     got = dcmread(jls.files()[0], defer_size=1024)
-    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
     assert got.SOPInstanceUID == sop_uid(big)

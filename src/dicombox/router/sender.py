@@ -192,11 +192,14 @@ class Session:
         return self.is_open() or self.all_rejected
 
     def open(self, items: Sequence[Item]) -> None:
+        """Associate with contexts for ``items``; raises :class:`AssociationFailed`."""
+        self.close()
+        self._associate(self.needed(items)[:MAX_CONTEXTS])
+
+    def _associate(self, contexts: list[tuple[str, str]]) -> None:
         from pynetdicom import AE, evt
         from pynetdicom.presentation import build_context
 
-        self.close()
-        contexts = self.needed(items)[:MAX_CONTEXTS]
         ae = AE(ae_title=self.calling)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -277,6 +280,19 @@ class Session:
         return None, (f"{self.dest.name} accepts only {names} for this SOP class; an instance "
                       f"stored as {_ts(stored)} is not converted to it (Table N.5-9)")
 
+    def _reopen(self) -> str:
+        """Associate again with the same contexts (the peer closed an association that
+        waited for a long conversion); returns why not, or ''."""
+        contexts = sorted(self.proposed)
+        LOGGER.info("%s closed the association while an instance was converted; "
+                    "associating again", self.dest.name)
+        self.abort()
+        try:
+            self._associate(contexts)
+        except (AssociationFailed, OSError, RuntimeError, ValueError) as exc:
+            return str(exc)
+        return "" if self.is_open() else "the destination rejected every context"
+
     def send(self, item: Item, path: Path) -> Attempt:
         """Send one instance on the open association."""
         ts, reason = self.choose(item)
@@ -295,6 +311,12 @@ class Session:
                     return Attempt(DEAD, f"conversion to {_ts(ts)} failed: {exc}")
                 to_send = converted.path
                 sent_uid = converted.sop_instance_uid
+                if not self.is_open():
+                    why = self._reopen()
+                    if why or ts not in self.accepted.get(item.sop_class_uid, []):
+                        return Attempt(RETRY, "association lost while converting: "
+                                              f"{why or 'context no longer accepted'}",
+                                       broken=True)
             return self._store(to_send, sent_uid)
         except FileNotFoundError:
             # The instance was replaced (its row is re-queued) or removed meanwhile.
