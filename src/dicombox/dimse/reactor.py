@@ -286,8 +286,12 @@ class FastDUL(DULServiceProvider):
         try:
             select.select(rlist, [], [], timeout)
         except (OSError, ValueError):
-            # The socket was closed under us: the next turn notices.
-            return
+            # The socket was closed under us (an abort from another thread):
+            # the next turn notices; meanwhile do not spin.
+            try:
+                select.select([self._waker.r], [], [], min(timeout, 0.01))
+            except (OSError, ValueError):
+                return
         self._waker.drain()
 
     def run_reactor(self) -> None:
