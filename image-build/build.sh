@@ -65,7 +65,14 @@ started=$(date +%s)
 stamp() { echo "build.sh: [$(( $(date +%s) - started )) s] $*"; }
 
 work=$(mktemp -d "$out/.work-$board.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# mmdebstrap mounts /proc, /sys and device nodes inside the tree; should it
+# be killed before it unmounts them, never let the clean-up follow them.
+cleanup() {
+  findmnt -rn -o TARGET | grep -F "$work/" | sort -r | xargs -r -d '\n' umount -l || true
+  rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 # 1. The wheelhouse (cached) and the application's own wheel (always fresh,
 #    built from a copy of the working tree so nothing is written into it).

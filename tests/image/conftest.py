@@ -48,8 +48,9 @@ class Build:
 
 
 def make(target: str, out: Path, timeout: float) -> Build:
-    """Run ``make TARGET IMAGE_OUT=out`` in its own process group, killed
-    whole if it overruns (mmdebstrap and QEMU are its grandchildren)."""
+    """Run ``make TARGET IMAGE_OUT=out`` in its own process group, stopped
+    whole if it overruns (mmdebstrap and QEMU are its grandchildren):
+    SIGTERM first, so that mmdebstrap unmounts what it mounted."""
     log = out / f"make-{target}.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(["make", "-C", str(REPO), target, f"IMAGE_OUT={out}"],
@@ -57,8 +58,12 @@ def make(target: str, out: Path, timeout: float) -> Build:
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             rc = -1
             f.write(f"\n(killed after {timeout} s)\n")
     return Build(out, rc, log)
