@@ -101,7 +101,8 @@ class Orthanc:
         self._log = open(self.dir / "orthanc.log", "ab")  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen([*self.ns.prefix(), shutil.which("Orthanc") or
                                       "/usr/sbin/Orthanc", str(cfg)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=dcmtk_env())  # Orthanc's DCMTK: Nagle off
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -139,7 +140,9 @@ class Orthanc:
         return self.get("/statistics")["CountInstances"]
 
     def file_of(self, sop_instance_uid: str) -> bytes:
-        found = self.post("/tools/lookup", sop_instance_uid)
+        r = self.ns.run("curl", "-sf", "-X", "POST", "--data-binary", sop_instance_uid,
+                        f"http://127.0.0.1:{self.http_port}/tools/lookup")
+        found = json.loads(r.stdout)
         iid = next(x["ID"] for x in found if x["Type"] == "Instance")
         r = self.ns.run("curl", "-sf", f"http://127.0.0.1:{self.http_port}/instances/{iid}/file",
                         text=False)

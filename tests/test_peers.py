@@ -16,6 +16,10 @@ def test_orthanc_and_storescp_in_a_namespace(netns, tmp_path):
         r = netns.run("storescu", "-aec", "STORESCP", "127.0.0.1", scp.port, *files)
         assert r.returncode == 0, r.stderr
         assert orthanc.instance_count() == 2
+        from pydicom import dcmread
+        uid = dcmread(files[0], stop_before_pixels=True).SOPInstanceUID
+        assert uid in orthanc.sop_instance_uids()
+        assert orthanc.file_of(uid)[128:132] == b"DICM"
         assert len(scp.files()) == 2
     finally:
         orthanc.stop()
