@@ -185,3 +185,19 @@ class Listener:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+
+    def close(self, wait_for_handlers=None, drain_timeout: float = 10.0,
+              handler_timeout: float = 30.0) -> None:
+        """Stop gracefully: refuse new associations, let the current ones end
+        (up to ``drain_timeout``), then let the handler in flight finish and
+        answer (``wait_for_handlers(timeout)``, e.g. ``InFlight.close_and_wait``)
+        before aborting what is still open, and close the listening socket."""
+        if not self.drain(timeout=drain_timeout):
+            LOGGER.warning("%s: associations still open after %.0f s; finishing the request "
+                           "in flight and aborting them", self.ae.ae_title, drain_timeout)
+        if wait_for_handlers is not None:
+            wait_for_handlers(handler_timeout)
+        if self.server is not None:
+            for assoc in list(self.server.active_associations):
+                assoc.abort()
+        self.stop()

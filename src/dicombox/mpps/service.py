@@ -143,14 +143,7 @@ class MppsService(Service):
 
     def stop(self) -> None:
         if self.listener is not None:
-            if not self.listener.drain(timeout=10):
-                LOGGER.warning("associations still open after 10 s; aborting them")
-            if self.scp is not None:
-                self.scp.close_and_wait(30)
-            if self.listener.server is not None:
-                for assoc in list(self.listener.server.active_associations):
-                    assoc.abort()
-            self.listener.stop()
+            self.listener.close(self.scp.close_and_wait if self.scp else None)
         for w in reversed(self.workers):
             w.stop()
         if self.db is not None:
