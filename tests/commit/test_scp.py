@@ -70,8 +70,11 @@ def test_new_association_with_role_selection(box, files, listener, tmp_path):
     """The modality releases right after the N-ACTION: the report comes on a new
     association to its address from [[remote_aes]], the box proposing the SCP role."""
     modality = listener(aet="MODALITY")
-    router = box("router", remote_aes=[{"ae_title": "MODALITY", "host": "127.0.0.1",
-                                        "port": modality.port}])
+    # Reports always on a new association, so that every one is counted here
+    # (on the requester's association they would race its release).
+    router = box("router", commitment={"same_association": False},
+                 remote_aes=[{"ae_title": "MODALITY", "host": "127.0.0.1",
+                              "port": modality.port}])
     port = router_port(router)
     store(port, files)
     refs = refs_of(files)
@@ -160,8 +163,11 @@ def test_same_request_again_is_reported_again(box, files, listener, tmp_path):
     """A modality that missed the report asks again with the same Transaction UID:
     one request, reported twice.  Other references under that UID fail with 0131H."""
     modality = listener(aet="MODALITY")
-    router = box("router", remote_aes=[{"ae_title": "MODALITY", "host": "127.0.0.1",
-                                        "port": modality.port}])
+    # Reports always on a new association, so that every one is counted here
+    # (on the requester's association they would race its release).
+    router = box("router", commitment={"same_association": False},
+                 remote_aes=[{"ae_title": "MODALITY", "host": "127.0.0.1",
+                              "port": modality.port}])
     port = router_port(router)
     store(port, files)
     refs = refs_of(files)
