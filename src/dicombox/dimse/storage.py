@@ -232,3 +232,23 @@ def _discard(path: Path | None) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def service_snapshot(ae_title: str, address: str, port: int, listener, scp, store,
+                     started_at: float) -> dict:
+    """The state a storage service publishes in its index's ``service_state`` row
+    (read by ``dicombox status`` and the front panel): one shape for every service."""
+    import os
+
+    return {
+        "pid": os.getpid(),
+        "ae_title": ae_title,
+        "address": address,
+        "port": port,
+        "active_associations": listener.active_associations() if listener else 0,
+        "counters": dict(scp.counters) if scp else {},
+        "free_bytes": store.free_bytes() if store else 0,
+        "reserve_bytes": store.reserve_bytes if store else 0,
+        "started_at": started_at,
+        "updated_at": time.time(),
+    }

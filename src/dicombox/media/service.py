@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ import weakref
 
 from ..config import Config
 from ..dimse import AssociationPolicy, Listener, make_ae, storage_contexts
-from ..dimse.storage import StorageSCP, enable_streaming
+from ..dimse.storage import StorageSCP, enable_streaming, service_snapshot
 from ..lifecycle import Service
 from ..store import InstanceStore
 from ..uids import STORAGE_SOP_CLASSES, VERIFICATION
@@ -213,16 +212,8 @@ class MediaService(Service):
     def snapshot(self) -> dict:
         scp = self.scp
         snap = {
-            "pid": os.getpid(),
-            "ae_title": self.config.media.ae_title,
-            "address": self.config.box.listen_address,
-            "port": self.port,
-            "active_associations": self.listener.active_associations() if self.listener else 0,
-            "counters": dict(scp.counters) if scp else {},
-            "free_bytes": self.store.free_bytes() if self.store else 0,
-            "reserve_bytes": self.store.reserve_bytes if self.store else 0,
-            "started_at": self.started_at,
-            "updated_at": time.time(),
+            **service_snapshot(self.config.media.ae_title, self.config.box.listen_address,
+                               self.port, self.listener, scp, self.store, self.started_at),
             "udev": ("on" if self.watcher is not None else
                      (f"unavailable: {self._udev_problem}" if self._udev_problem else "off")),
         }

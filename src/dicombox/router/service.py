@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..dimse import AssociationPolicy, Listener, make_ae, storage_contexts
-from ..dimse.storage import StorageSCP, enable_streaming
+from ..dimse.storage import StorageSCP, enable_streaming, service_snapshot
 from ..lifecycle import Service, Worker
 from ..store import InstanceStore
 from ..uids import STORAGE_SOP_CLASSES, VERIFICATION
@@ -195,16 +195,8 @@ class RouterService(Service):
             extra[comp.name] = comp.snapshot()
         return {
             **extra,
-            "pid": os.getpid(),
-            "ae_title": self.config.router.ae_title,
-            "address": self.config.box.listen_address,
-            "port": self.port,
-            "active_associations": self.listener.active_associations() if self.listener else 0,
-            "counters": dict(scp.counters) if scp else {},
-            "free_bytes": self.store.free_bytes() if self.store else 0,
-            "reserve_bytes": self.store.reserve_bytes if self.store else 0,
-            "started_at": self.started_at,
-            "updated_at": time.time(),
+            **service_snapshot(self.config.router.ae_title, self.config.box.listen_address,
+                               self.port, self.listener, scp, self.store, self.started_at),
         }
 
     def status(self) -> str:
