@@ -81,6 +81,16 @@ def python_prefix() -> Path | None:
     return prefix
 
 
+def make_traversable(path: Path) -> None:
+    """Let the units' unprivileged user reach ``path`` (the venv lives under
+    the repository): a clone in a ``mktemp -d`` folder is mode 0700.  Only
+    search (x) permission is added, never read."""
+    for p in [path, *path.parents]:
+        mode = p.stat().st_mode
+        if not mode & 0o001:
+            p.chmod(mode | 0o011)
+
+
 def host_paths() -> list[Path]:
     """Host trees the container (and the units in it) must see at their own path."""
     return [p for p in (REPO, python_prefix()) if p is not None]
@@ -145,6 +155,8 @@ class Container:
     def boot(self, timeout: float = 30) -> Container:
         system = prepare_etc(self.work)
         rootfs = REPO / "rootfs"
+        for p in host_paths():
+            make_traversable(p)
         binds = [
             *[f"--bind-ro={p}" for p in host_paths()],
             f"--bind-ro={REPO / '.venv'}:{VENV}",
