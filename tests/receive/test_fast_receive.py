@@ -191,6 +191,21 @@ def test_spool_writer_hashes_counts_and_keeps_the_head(tmp_path):
     assert small.complete_in_head and small.head == b"xyz"
 
 
+def test_spool_writer_hashes_large_files_in_order_within_its_bound(tmp_path):
+    """Beyond the inline bytes a lane hashes; more than PENDING_BYTES given
+    at once makes the writer wait instead of queueing without bound."""
+    rng = random.Random(7)
+    blocks = [rng.randbytes(256 * 1024) for _ in range(48)]  # 12 MiB > PENDING_BYTES
+    w = receive.SpoolWriter(tmp_path)
+    for b in blocks:
+        w.write(bytearray(b))
+        assert w._pending <= receive.PENDING_BYTES
+    w.close()
+    data = b"".join(blocks)
+    assert w.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert Path(w.name).read_bytes() == data and w.error is None
+
+
 def test_other_pynetdicom_versions_get_pynetdicom_own_reactors(tmp_path, monkeypatch):
     """The copied loops are tied to one pynetdicom version: on any other the
     listener uses pynetdicom's server and the files pynetdicom writes."""

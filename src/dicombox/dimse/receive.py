@@ -16,7 +16,12 @@ what the store would otherwise do afterwards by reading the file again:
   ``tmp/`` directory (same file system as the spool: the later rename is
   atomic), and asks the kernel to start writing large files out while they
   are still arriving (``sync_file_range``), so the fsync before the answer
-  has little left to do.
+  has little left to do;
+- beyond the first :data:`INLINE_BYTES`, hashing is done by a lane thread
+  (:class:`_Lane`) while the association goes on reading the network and,
+  for the last block, while the store fsyncs the file;
+- a failed write (a full disk) is kept for the handler, which answers with
+  an out-of-resources status instead of the association breaking.
 
 The File Meta Information pynetdicom puts in front of each dataset is
 encoded here too (:func:`file_meta_bytes`): building it through pydicom's
@@ -46,7 +51,9 @@ import ctypes
 import ctypes.util
 import hashlib
 import io
+import itertools
 import os
+import queue
 import secrets
 import struct
 import threading
@@ -64,6 +71,12 @@ from .reactor import PYNETDICOM_VERSION
 HEAD_BYTES = 64 * 1024
 #: Unwritten bytes after which the kernel is asked to start writing them out.
 WRITEBACK_BYTES = 256 * 1024
+#: Bytes of a file hashed by the receiving thread itself; the rest by a lane.
+INLINE_BYTES = HEAD_BYTES
+#: Bytes a writer may have handed to its lane and not yet hashed.
+PENDING_BYTES = 8 * 1024 * 1024
+#: Hashing threads shared by every association of the process.
+LANES = 2
 
 _writers: weakref.WeakValueDictionary[str, SpoolWriter] = weakref.WeakValueDictionary()
 _lock = threading.Lock()
@@ -86,8 +99,53 @@ _SYNC_FILE_RANGE = _sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+class _Lane(threading.Thread):
+    """A thread that hashes received blocks for the writers assigned to it,
+    in the order they were given.
+
+    hashlib releases the GIL on large blocks, so a lane hashes on another
+    core while the association goes on reading the network, and the hash of
+    an instance's last block is computed while the file is being fsync'd:
+    the checksum costs the receive path almost nothing.
+    """
+
+    def __init__(self, index: int):
+        super().__init__(name=f"spool-hash-{index}", daemon=True)
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run(self) -> None:
+        while True:
+            writer, view = self.jobs.get()
+            writer._hash_block(view)
+
+
+_lanes: list[_Lane] = []
+_next_lane = itertools.count()
+
+
+def _lane() -> _Lane:
+    """The next lane, round robin (started on first use)."""
+    with _lock:
+        if not _lanes:
+            for i in range(LANES):
+                lane = _Lane(i)
+                lane.start()
+                _lanes.append(lane)
+        return _lanes[next(_next_lane) % len(_lanes)]
+
+
 class SpoolWriter:
-    """A write-only temporary file that hashes, counts and keeps its head."""
+    """A write-only temporary file that hashes, counts and keeps its head.
+
+    Blocks are written by the calling thread as they arrive.  The first
+    :data:`INLINE_BYTES` are hashed by it too (a small instance never leaves
+    it); the hashing of whatever comes after is handed to a :class:`_Lane`,
+    at most :data:`PENDING_BYTES` ahead (the caller waits beyond that, so
+    memory stays bounded whatever the size of the instance).
+    :meth:`hexdigest` waits for the lane.  A write that fails (a full disk)
+    is kept in :attr:`error` and nothing more is written, so the handler can
+    answer with a clear status instead of the association breaking.
+    """
 
     def __init__(self, tmp_dir: str | os.PathLike, suffix: str = ".dcm"):
         while True:
@@ -100,9 +158,13 @@ class SpoolWriter:
         self._raw = io.FileIO(fd, "wb", closefd=True)
         self.name = name
         self.size = 0
+        self.error: OSError | None = None
         self._started = 0  # bytes whose writeback has been started
         self._hash = hashlib.sha256()
         self._head = bytearray()
+        self._lane: _Lane | None = None
+        self._pending = 0
+        self._cond = threading.Condition(threading.Lock())
         with _lock:
             _writers[name] = self
 
@@ -120,18 +182,45 @@ class SpoolWriter:
         n = len(view)
         if len(self._head) < HEAD_BYTES:
             self._head += view[:HEAD_BYTES - len(self._head)]
-        self._hash.update(view)
-        written = 0
-        while written < n:
-            written += self._raw.write(view[written:])
         self.size += n
+        if self.error is None:
+            self._write_block(view)
+        if self._lane is None and self.size <= INLINE_BYTES:
+            self._hash.update(view)
+            return n
+        if self._lane is None:
+            self._lane = _lane()
+        with self._cond:
+            while self._pending >= PENDING_BYTES:
+                self._cond.wait()
+            self._pending += n
+        # The block is a view of the PDU's own buffer (a new one per PDU),
+        # which the lane keeps alive until it is hashed.
+        self._lane.jobs.put((self, view))
+        return n
+
+    def _write_block(self, view: memoryview) -> None:
+        try:
+            n, written = len(view), 0
+            while written < n:
+                written += self._raw.write(view[written:])
+        except OSError as exc:
+            self.error = exc
+            return
         if self.size - self._started >= WRITEBACK_BYTES and _SYNC_FILE_RANGE is not None:
             # Start writing back what arrived so far; it does not wait for
             # the disk, it only spares the final fsync most of the work.
             _SYNC_FILE_RANGE(self._raw.fileno(), self._started, self.size - self._started,
                              _SYNC_FILE_RANGE_WRITE)
             self._started = self.size
-        return n
+
+    def _hash_block(self, view: memoryview) -> None:
+        try:
+            self._hash.update(view)
+        finally:
+            with self._cond:
+                self._pending -= len(view)
+                self._cond.notify_all()
 
     def close(self) -> None:
         self._raw.close()
@@ -150,6 +239,10 @@ class SpoolWriter:
         return self.size == len(self._head)
 
     def hexdigest(self) -> str:
+        """SHA-256 of every byte given (waits for the lane)."""
+        with self._cond:
+            while self._pending:
+                self._cond.wait()
         return self._hash.hexdigest()
 
 

@@ -161,6 +161,12 @@ class StorageSCP:
         writer = receive.writer_for(path)
         if writer is not None:
             writer.close()
+            if writer.error is not None:
+                LOGGER.error("cannot write %s from %s: %s", sop_instance, calling, writer.error)
+                self._count("failed")
+                _discard(path)
+                return _status(status.OUT_OF_RESOURCES,
+                               f"storage error: {writer.error.strerror or writer.error}")
         try:
             if writer is not None:
                 values, _ds = read_header(path, writer.head, writer.complete_in_head)
@@ -188,15 +194,16 @@ class StorageSCP:
             return _status(status.DATASET_MISMATCH, "SOP class not accepted")
         info = InstanceInfo(calling_aet=calling, called_aet=called, peer_address=address,
                             **values)
+        checksum = None
         if writer is not None:
             # Hashed while it was received: the store need not read it again.
-            info.sha256, info.size = writer.hexdigest(), writer.size
+            info.size, checksum = writer.size, writer.hexdigest
         hook = None
         if self.on_stored is not None:
             def hook(conn, instance_id, replaced):
                 self.on_stored(conn, instance_id, replaced, info)
         try:
-            self.store.ingest(path, info, hook)
+            self.store.ingest(path, info, hook, checksum)
         except DuplicateKept:
             LOGGER.info("%s already stored; kept the first copy", sop_instance)
             self._count("stored")

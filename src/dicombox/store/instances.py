@@ -343,12 +343,15 @@ class InstanceStore:
         return self.spool_dir / rel
 
     def ingest(self, tmp_path: Path, info: InstanceInfo,
-               in_transaction: Callable | None = None) -> InstanceInfo:
+               in_transaction: Callable | None = None,
+               checksum: Callable[[], str] | None = None) -> InstanceInfo:
         """Make the received file at ``tmp_path`` durable and indexed.
 
         ``info`` must carry the identifying attributes; path and time are
         filled in here, and size and checksum too unless the caller computed
-        them already (the Storage SCP hashes while receiving).
+        them already (the Storage SCP hashes while receiving: it passes
+        ``checksum``, called once the file is fsync'd, so that the hash of
+        its last bytes is computed while the disk works).
         ``in_transaction(conn, instance_id, replaced)`` runs inside the
         committing transaction (routing uses it to queue the instance
         atomically with its row); that transaction may also commit other
@@ -363,19 +366,29 @@ class InstanceStore:
         if existing is not None and self.duplicates == "keep":
             os.unlink(tmp_path)
             raise DuplicateKept(info.sop_instance_uid)
-        if not (info.sha256 and info.size):
+        if checksum is None and not (info.sha256 and info.size):
             info.sha256, info.size = file_digest(tmp_path)
-        fd = os.open(tmp_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         study_dir = self.spool_dir / sanitise_uid(info.study_instance_uid)
         if not study_dir.exists():
             makedirs_durable(study_dir)
         name = f"{sanitise_uid(info.sop_instance_uid)}_{secrets.token_hex(4)}.dcm"
         dest = study_dir / name
+        # Renamed before the file is fsync'd: a journalling file system then
+        # makes the data and the new name durable in one commit, and the
+        # directory fsync below finds little left to do.  Until its row is
+        # committed, the file is an orphan that recovery removes.
         os.rename(tmp_path, dest)
+        try:
+            fd = os.open(dest, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if checksum is not None:
+                info.sha256 = checksum()
+        except BaseException:
+            _unlink(dest)
+            raise
         info.path = f"{study_dir.name}/{name}"
         info.received_at = info.received_at or time.time()
         row_values = [getattr(info, c) for c in _INFO_FIELDS]
@@ -398,16 +411,10 @@ class InstanceStore:
             # instance that became ready meanwhile (see groupcommit.py).
             old_path = self._group.submit([study_dir], write_rows)
         except BaseException:
-            try:
-                os.unlink(dest)
-            except FileNotFoundError:
-                pass
+            _unlink(dest)
             raise
         if old_path and old_path != info.path:
-            try:
-                os.unlink(self.spool_dir / old_path)
-            except FileNotFoundError:
-                pass
+            _unlink(self.spool_dir / old_path)
         return info
 
     # -- reading -----------------------------------------------------------------
@@ -454,6 +461,13 @@ class InstanceStore:
             conn.execute("INSERT INTO service_state VALUES (?, ?, ?) ON CONFLICT(key) "
                          "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                          (key, value, time.time()))
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _like(text: str) -> str:
