@@ -30,30 +30,51 @@ a P-DATA-TF are handed on as views of that buffer (:class:`_ReceivedPData`)
 instead of the four copies pynetdicom's decoding makes; and a plain
 successful C-STORE response is encoded directly (:class:`FastDIMSE`), byte
 for byte what pynetdicom would send, without building a pydicom command set.
+
+The command set of a plain C-STORE-RQ is read the same way
+(:func:`parse_store_command`, :class:`_IncomingMessage`): a few ``struct``
+reads instead of pydicom's dataset decoder, the checks pynetdicom's
+``C_STORE`` setters make done once on the bytes, and the request and
+response primitives filled with those values as they are
+(:class:`_PlainStorage`).  pynetdicom's own decoding cost more per small
+instance than receiving and storing it.  Any other command set (another
+command, anything unusual or malformed), and every message while an
+``EVT_DIMSE_RECV`` handler is bound (pynetdicom's INFO logging binds one),
+goes through pynetdicom's code, so it is treated exactly as before.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
 import select
 import socket
 import struct
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from io import BytesIO
+from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 import pynetdicom
-from pynetdicom import AE, evt
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom._validators import validate_ae, validate_ui
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass, attempt
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -72,6 +93,7 @@ LOGGER = logging.getLogger("dicombox.dimse.reactor")
 DUL_LOGGER = logging.getLogger("pynetdicom.dul")
 ASSOC_LOGGER = logging.getLogger("pynetdicom.association")
 _UINT4 = struct.Struct(">I")
+_UINT4_LE = struct.Struct("<I")
 _PDU_HEADER = struct.Struct(">BBL")
 
 #: The only pynetdicom version whose loops these classes reproduce.
@@ -295,7 +317,8 @@ class FastDUL(DULServiceProvider):
         self._waker.drain()
 
     def run_reactor(self) -> None:
-        """pynetdicom 3.0.4's DUL loop with the idle sleep replaced by :meth:`_wait`."""
+        """pynetdicom 3.0.4's DUL loop with the idle sleep replaced by :meth:`_wait`
+        (and an exception of the state machine ending it without a traceback)."""
         self._idle_timer.start()
         self.socket = cast("AssociationSocket", self.socket)
         try:
@@ -333,7 +356,14 @@ class FastDUL(DULServiceProvider):
                     self._wait()
                     continue
 
-                self.state_machine.do_action(event)
+                try:
+                    self.state_machine.do_action(event)
+                except Exception:  # noqa: BLE001 - logged by the state machine
+                    # The state machine has logged it (and stopped the DUL);
+                    # pynetdicom's thread ends here with it unhandled, which
+                    # prints a traceback for what a peer sent (a command set
+                    # pynetdicom cannot decode).  End the same way, quietly.
+                    break
         finally:
             self._waker.close()
             cast(FastAssociation, self.assoc)._wake.set()
@@ -391,8 +421,304 @@ class _SentStoreResponse(C_STORE_RSP):
 _SentStoreResponse.__name__ = _SentStoreResponse.__qualname__ = "C_STORE_RSP"
 
 
+_ELEMENT = struct.Struct("<HHI")
+_US = struct.Struct("<H")
+_VALID_UID = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+#: Bytes of an AE title that pydicom and pynetdicom take as they are:
+#: printable ASCII without the backslash (the value separator).
+_AE_BYTES = bytes(c for c in range(0x20, 0x7F) if c != 0x5C)
+#: Elements of a C-STORE-RQ command set after its group length (PS3.7
+#: 9.3.1.1), by element number: all of them, and those always present.
+_STORE_RQ_ELEMENTS = frozenset((0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000, 0x1030, 0x1031))
+_STORE_RQ_REQUIRED = frozenset((0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000))
+
+
+class StoreCommand(NamedTuple):
+    """The parameters of a C-STORE-RQ command set, checked as pynetdicom
+    checks them when it sets them on its ``C_STORE`` primitive."""
+
+    message_id: int
+    priority: int
+    sop_class_uid: UID
+    sop_instance_uid: UID
+    move_originator_ae: str | None
+    move_originator_id: int | None
+
+
+def _uid_value(raw: bytes) -> UID | None:
+    """A UI value as pydicom decodes it, if it is a valid UID (PS3.5 9.1):
+    then pynetdicom's validator accepts it whatever its settings, and does
+    not warn about it."""
+    if raw[-1:] == b"\0":
+        raw = raw[:-1]
+    if len(raw) > 64 or not _VALID_UID.fullmatch(raw):
+        return None
+    # Valid as it is: what UID() would return after validating it again.
+    return str.__new__(UID, raw.decode("ascii"))
+
+
+def _ae_value(raw: bytes) -> str | None:
+    """An AE value as pydicom decodes it and pynetdicom's validator accepts
+    it: 1 to 16 characters once the non-significant spaces are stripped."""
+    if raw.translate(None, _AE_BYTES):
+        return None
+    value = raw.decode("ascii").strip()
+    return value if 0 < len(value) <= 16 else None
+
+
+def parse_store_command(data: bytes) -> StoreCommand | None:
+    """The parameters of a plain C-STORE-RQ command set with a data set
+    (Implicit VR Little Endian, group 0000), or ``None`` for anything else.
+
+    "Plain" is what every Storage SCU sends: the group length first and
+    exact, then only the elements of a C-STORE-RQ in ascending order, each
+    once, with a single value that pynetdicom would accept without a word
+    (Message ID, a priority of 0, 1 or 2, valid UIDs, an AE title it does
+    not reject).  Every other command set, another command, an unusual
+    encoding or a malformed one, gets ``None``: pynetdicom's own decoder
+    then handles it, so whatever it does with it (a log line, an abort) is
+    still what happens.
+    """
+    end = len(data)
+    if end < 12:
+        return None
+    group, element, length = _ELEMENT.unpack_from(data, 0)
+    if group or element or length != 4 or _UINT4_LE.unpack_from(data, 8)[0] != end - 12:
+        return None
+    values: dict[int, bytes] = {}
+    offset, last = 12, 0
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, element, length = _ELEMENT.unpack_from(data, offset)
+        offset += 8
+        if group or element <= last or length > end - offset:
+            return None
+        values[element] = data[offset:offset + length]
+        offset += length
+        last = element
+    if not values.keys() <= _STORE_RQ_ELEMENTS or not values.keys() >= _STORE_RQ_REQUIRED:
+        return None
+    shorts = {}
+    for element in (0x0100, 0x0110, 0x0700, 0x0800, 0x1031):
+        raw = values.get(element)
+        if raw is not None:
+            if len(raw) != 2:
+                return None
+            shorts[element] = _US.unpack(raw)[0]
+    # CommandField C-STORE-RQ; a data set present (pynetdicom: any type but
+    # 0x0101); a priority pynetdicom's C_STORE accepts.
+    if shorts[0x0100] != 0x0001 or shorts[0x0800] == 0x0101 or shorts[0x0700] > 2:
+        return None
+    sop_class_uid = _uid_value(values[0x0002])
+    sop_instance_uid = _uid_value(values[0x1000])
+    if sop_class_uid is None or sop_instance_uid is None:
+        return None
+    move_ae = None
+    if 0x1030 in values:
+        move_ae = _ae_value(values[0x1030])
+        if move_ae is None:
+            return None
+    return StoreCommand(shorts[0x0110], shorts[0x0700], sop_class_uid, sop_instance_uid,
+                        move_ae, shorts.get(0x1031))
+
+
+def _pdata(pdvs: list) -> P_DATA:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.extend(pdvs)
+    return primitive
+
+
+class _LazyCommandSet:
+    """``command_set`` of the messages below: a pydicom ``Dataset`` built
+    only if something looks at it (nothing does on the fast path), stored in
+    the instance so it outlives a change of class by pynetdicom's code."""
+
+    def __get__(self, message, owner=None):
+        if message is None:
+            return self
+        command_set = message.__dict__.get("command_set")
+        if command_set is None:
+            command_set = message.__dict__["command_set"] = message._build_command_set()
+        return command_set
+
+    def __set__(self, message, value) -> None:
+        message.__dict__["command_set"] = value
+
+
+class _ReceivedStore(C_STORE):
+    """A C-STORE request primitive built by :class:`_StoreRequest`: a plain
+    ``C_STORE`` whose values were checked when its command set was read, so
+    :class:`_PlainStorage` may copy them into the response as they are."""
+
+
+class _StoreRequest(C_STORE_RQ):
+    """A C-STORE-RQ message whose command set was read by
+    :func:`parse_store_command`; its primitive is built from those values,
+    without pynetdicom setting (and validating again) each one."""
+
+    command_set = _LazyCommandSet()
+    _command: StoreCommand
+
+    def _build_command_set(self) -> Dataset:
+        return decode(self.encoded_command_set, True, True)
+
+    def message_to_primitive(self) -> C_STORE:
+        """What ``DIMSEMessage.message_to_primitive`` returns for it."""
+        command = self._command
+        primitive = _ReceivedStore()
+        primitive._message_id = command.message_id
+        primitive._priority = command.priority
+        primitive._affected_sop_class_uid = command.sop_class_uid
+        primitive._affected_sop_instance_uid = command.sop_instance_uid
+        primitive._move_originator_application_entity_title = command.move_originator_ae
+        primitive._move_originator_message_id = command.move_originator_id
+        primitive.DataSet = self.data_set
+        primitive._context_id = self.context_id
+        primitive._dataset_path = self._data_set_path
+        primitive._dataset_file = self._data_set_file
+        return primitive
+
+
+class _IncomingMessage(DIMSEMessage):
+    """A DIMSE message being received by an acceptor, whose command set is
+    read by :func:`parse_store_command` when it is a plain C-STORE-RQ.
+
+    ``decode_msg`` reads the PDVs up to the last fragment of the command
+    set.  A plain C-STORE-RQ whose fragments all came on one accepted
+    presentation context becomes a :class:`_StoreRequest`, and its data set
+    file is created exactly as pynetdicom's ``decode_msg`` does (through the
+    same module globals, which :mod:`dicombox.dimse.receive` may replace).
+    Anything else, from that PDV on, is handed to pynetdicom's
+    ``decode_msg``, which then treats the message as it always does; so do
+    the PDVs after the command set (the data set).
+    """
+
+    command_set = _LazyCommandSet()
+
+    def __init__(self):  # noqa: D107 - DIMSEMessage's, without its Dataset
+        self.context_id = None
+        self.encoded_command_set = BytesIO()
+        self.data_set = BytesIO()
+        self._data_set_path = None
+        self._data_set_file = None
+        # False once a PDV was handed to pynetdicom: it goes on with the rest.
+        self._fast = True
+        self._fragment_contexts: set[int] = set()
+
+    def _build_command_set(self) -> Dataset:
+        return Dataset()  # as DIMSEMessage() starts
+
+    def decode_msg(self, primitive: P_DATA, assoc=None) -> bool:
+        if not self._fast or primitive.__class__ is not P_DATA:
+            return DIMSEMessage.decode_msg(self, primitive, assoc)
+        pdvs = primitive.presentation_data_value_list
+        for index, (context_id, data) in enumerate(pdvs):
+            if not data or not data[0] & 1:
+                break  # a data set before its command set: pynetdicom's business
+            if not data[0] & 2:
+                self.encoded_command_set.write(data[1:])
+                self._fragment_contexts.add(context_id)
+                continue
+            if not self._store_request(context_id, data, assoc):
+                break
+            rest = pdvs[index + 1:]
+            return DIMSEMessage.decode_msg(self, _pdata(rest), assoc) if rest else False
+        else:
+            return False
+        self._fast = False
+        return DIMSEMessage.decode_msg(self, _pdata(pdvs[index:]), assoc)
+
+    def _store_request(self, context_id: int, data, assoc) -> bool:
+        """Take the last command fragment ``data`` as the end of a plain
+        C-STORE-RQ, if it is one (see :class:`_IncomingMessage`)."""
+        if assoc is None or context_id not in assoc._accepted_cx \
+                or not self._fragment_contexts <= {context_id}:
+            return False
+        fragment = bytes(data[1:])
+        encoded = self.encoded_command_set
+        command = parse_store_command(
+            encoded.getvalue() + fragment if encoded.tell() else fragment)
+        if command is None:
+            return False
+        encoded.write(fragment)
+        self.context_id = context_id
+        self._command = command
+        self.__class__ = _StoreRequest
+        if _config.STORE_RECV_CHUNKED_DATASET:
+            # pynetdicom 3.0.4's decode_msg, step by step.
+            self._data_set_file = dimse_messages.NamedTemporaryFile(
+                delete=False, mode="wb", suffix=".dcm")
+            self._data_set_path = Path(self._data_set_file.name)
+            self._data_set_file.write(b"\x00" * 128)
+            self._data_set_file.write(b"DICM")
+            cx = assoc._accepted_cx[context_id]
+            dimse_messages.write_file_meta_info(
+                self._data_set_file,
+                dimse_messages.create_file_meta(
+                    sop_class_uid=command.sop_class_uid,
+                    sop_instance_uid=command.sop_instance_uid,
+                    transfer_syntax=cx.transfer_syntax[0]))
+        return True
+
+
+# pynetdicom looks message types up by class name (message_to_primitive,
+# msg_type...).
+_ReceivedStore.__name__ = _ReceivedStore.__qualname__ = "C_STORE"
+_StoreRequest.__name__ = _StoreRequest.__qualname__ = "C_STORE_RQ"
+_IncomingMessage.__name__ = _IncomingMessage.__qualname__ = "DIMSEMessage"
+
+
+class _PlainStorage(StorageServiceClass):
+    """pynetdicom 3.0.4's Storage Service Class SCP for a :class:`_ReceivedStore`.
+
+    The only difference: the response's Message ID and UIDs are the
+    request's, copied as they are instead of through ``C_STORE``'s setters
+    (which parse and validate each UID twice more, costing more than
+    everything else done to answer a small instance).
+    """
+
+    def SCP(self, req: C_STORE, context) -> None:
+        rsp = C_STORE()
+        rsp._message_id = rsp._message_id_being_responded_to = req._message_id
+        rsp._affected_sop_instance_uid = req._affected_sop_instance_uid
+        rsp._affected_sop_class_uid = req._affected_sop_class_uid
+
+        cx_id = cast(int, context.context_id)
+        with attempt(rsp, self.dimse, cx_id, self.assoc) as ctx:
+            ctx.error_msg = "Exception in handler bound to 'evt.EVT_C_STORE'"
+            ctx.error_status = 0xC211
+            rsp_status = evt.trigger(ctx.assoc, evt.EVT_C_STORE,
+                                     {"request": req, "context": context.as_tuple})
+            if req._dataset_file:
+                req._dataset_file.close()
+                try:
+                    # Created with delete=False.
+                    os.unlink(req._dataset_file.name)
+                except OSError:
+                    pass
+
+        if not ctx.success or not self.assoc.is_established:
+            return
+        rsp = self.validate_status(rsp_status, rsp)
+        self.dimse.send_msg(rsp, cx_id)
+
+
 class FastDIMSE(DIMSEServiceProvider):
-    """Sends the common C-STORE response (a status, no comment) directly."""
+    """Decodes the common C-STORE request (:class:`_IncomingMessage`) and
+    sends the common C-STORE response (a status, no comment) directly."""
+
+    def receive_primitive(self, primitive) -> None:
+        # A message's first P-DATA decides who decodes it: pynetdicom alone
+        # if an EVT_DIMSE_RECV handler wants its decoded command set or the
+        # application replaced pynetdicom's validators.
+        if self.message is None:
+            assoc = self.assoc
+            if assoc.mode == MODE_ACCEPTOR and not assoc.get_handlers(evt.EVT_DIMSE_RECV) \
+                    and _config.VALIDATORS.get("UI") is validate_ui \
+                    and _config.VALIDATORS.get("AE") is validate_ae:
+                self.message = _IncomingMessage()
+        super().receive_primitive(primitive)
 
     def send_msg(self, primitive, context_id: int) -> None:
         if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
@@ -435,6 +761,33 @@ class FastAssociation(Association):
         self._kill = True
         self._wake.set()
         super().kill()
+
+    def _serve_request(self, msg, context_id: int) -> None:
+        """pynetdicom 3.0.4's ``_serve_request``, with a :class:`_ReceivedStore`
+        that goes to the Storage Service Class served by :class:`_PlainStorage`."""
+        if type(msg) is not _ReceivedStore or self._sent_release or not msg.is_valid_request:
+            super()._serve_request(msg, context_id)
+            return
+        class_uid = msg.AffectedSOPClassUID
+        try:
+            class_uid = self.acceptor.accepted_common_extended[class_uid][0]
+        except KeyError:
+            pass
+        if _config.UNRESTRICTED_STORAGE_SERVICE:
+            class_uid = "1.2.840.10008.5.1.4.1.1.1"
+        context = self._accepted_cx.get(context_id)
+        if context is None or uid_to_service_class(class_uid) is not StorageServiceClass:
+            super()._serve_request(msg, context_id)
+            return
+        try:
+            self.dimse.cancel_req = {}
+            self._is_paused = True
+            _PlainStorage(self).SCP(msg, context)
+            self._is_paused = False
+            self.dimse.cancel_req = {}
+        except Exception as exc:
+            ASSOC_LOGGER.exception(exc)
+            self.abort()
 
     def _wait_timeout(self) -> float:
         idle = self.dul._idle_timer
