@@ -203,7 +203,11 @@ class StorageSCP:
             def hook(conn, instance_id, replaced):
                 self.on_stored(conn, instance_id, replaced, info)
         try:
-            self.store.ingest(path, info, hook, checksum)
+            # A small instance is whole in memory: its bytes go into the index's
+            # commit and the file is made durable in the background.
+            self.store.ingest(path, info, hook, checksum,
+                              writer.head if writer is not None and writer.complete_in_head
+                              else None)
         except DuplicateKept:
             LOGGER.info("%s already stored; kept the first copy", sop_instance)
             self._count("stored")

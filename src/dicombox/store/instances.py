@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -29,6 +30,7 @@ from pathlib import Path
 from .db import Database, Migration
 from .fsutil import fsync_dir, makedirs_durable
 from .groupcommit import GroupCommit
+from .journal import JOURNAL_MAX_BYTES, Flusher, restore
 
 LOGGER = logging.getLogger("dicombox.store")
 
@@ -73,6 +75,13 @@ MIGRATIONS = [
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL,
             updated_at REAL NOT NULL
+        )
+    """),
+    # Bytes of small instances until their files are durable (journal.py).
+    Migration("instances-2", """
+        CREATE TABLE pending_files (
+            path TEXT PRIMARY KEY,
+            data BLOB NOT NULL
         )
     """),
 ]
@@ -268,17 +277,22 @@ class InstanceStore:
         self._fresh = not (self.root / "index.db").exists()
         self.db = Database(self.root / "index.db", [*MIGRATIONS, *migrations])
         self._group = GroupCommit(self.db)
+        self._flusher: Flusher | None = None
+        self._lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------
 
     def recover(self) -> dict:
         """Remove what an interrupted run left behind; return what was done.
 
+        Small instances whose files were not yet known to be durable are
+        rewritten from the bytes committed with their rows (journal.py).
         Temporary files are never acknowledged data and are removed.  After
         an unclean stop, spool files that no committed row points at (renamed
         but not yet indexed when the process died) are removed too: they
         were never acknowledged either.
         """
+        restored = restore(self.db, self.spool_dir, self.tmp_dir)
         removed_tmp = 0
         for entry in os.scandir(self.tmp_dir):
             try:
@@ -296,10 +310,11 @@ class InstanceStore:
         elif self._clean_marker.exists():
             os.unlink(self._clean_marker)
             fsync_dir(self.root)
-        if removed_tmp or orphans:
-            LOGGER.warning("%s: recovery removed %d temporary and %d unindexed files",
-                           self.name, removed_tmp, orphans)
-        return {"temporary": removed_tmp, "orphans": orphans, "clean": clean}
+        if removed_tmp or orphans or restored:
+            LOGGER.warning("%s: recovery rewrote %d journaled files, removed %d temporary "
+                           "and %d unindexed files", self.name, restored, removed_tmp, orphans)
+        return {"temporary": removed_tmp, "orphans": orphans, "clean": clean,
+                "restored": restored}
 
     def _remove_orphans(self) -> int:
         removed = 0
@@ -322,6 +337,9 @@ class InstanceStore:
         fsync_dir(self.root)
 
     def close(self, clean: bool = True) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
         if clean:
             self.mark_clean()
         self.db.close()
@@ -344,7 +362,8 @@ class InstanceStore:
 
     def ingest(self, tmp_path: Path, info: InstanceInfo,
                in_transaction: Callable | None = None,
-               checksum: Callable[[], str] | None = None) -> InstanceInfo:
+               checksum: Callable[[], str] | None = None,
+               data: bytes | None = None) -> InstanceInfo:
         """Make the received file at ``tmp_path`` durable and indexed.
 
         ``info`` must carry the identifying attributes; path and time are
@@ -357,8 +376,10 @@ class InstanceStore:
         atomically with its row); that transaction may also commit other
         instances received at the same time, each in its own savepoint.
         Returns only once the file, its directory entry and its row are
-        durable.  Raises :class:`DuplicateKept` when the policy keeps an
-        existing copy.
+        durable, or, for a small instance whose whole content the caller
+        passes as ``data``, once those bytes are committed with its row
+        (the file follows in the background: see journal.py).  Raises
+        :class:`DuplicateKept` when the policy keeps an existing copy.
         """
         tmp_path = Path(tmp_path)
         existing = self.db.query_one(
@@ -378,12 +399,14 @@ class InstanceStore:
         # directory fsync below finds little left to do.  Until its row is
         # committed, the file is an orphan that recovery removes.
         os.rename(tmp_path, dest)
+        journaled = data is not None and len(data) <= JOURNAL_MAX_BYTES
         try:
-            fd = os.open(dest, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if not journaled:
+                fd = os.open(dest, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             if checksum is not None:
                 info.sha256 = checksum()
         except BaseException:
@@ -402,6 +425,10 @@ class InstanceStore:
             else:
                 instance_id, previous = row["id"], row["path"]
                 conn.execute(_UPDATE, [*row_values, instance_id])
+                conn.execute("DELETE FROM pending_files WHERE path = ?", (previous,))
+            if journaled:
+                conn.execute("INSERT OR REPLACE INTO pending_files (path, data) VALUES (?, ?)",
+                             (info.path, data))
             if in_transaction is not None:
                 in_transaction(conn, instance_id, previous is not None)
             return previous
@@ -409,13 +436,26 @@ class InstanceStore:
         try:
             # fsync of the spool directory and the commit, shared with every
             # instance that became ready meanwhile (see groupcommit.py).
-            old_path = self._group.submit([study_dir], write_rows)
+            old_path = self._group.submit([] if journaled else [study_dir], write_rows)
         except BaseException:
             _unlink(dest)
             raise
+        if journaled:
+            self._flusher_started().add(info.path)
         if old_path and old_path != info.path:
             _unlink(self.spool_dir / old_path)
         return info
+
+    def _flusher_started(self) -> Flusher:
+        with self._lock:
+            if self._flusher is None:
+                self._flusher = Flusher(self.db, self.spool_dir, self.name)
+            return self._flusher
+
+    def flush_journal(self, timeout: float | None = None) -> bool:
+        """Wait until every journaled file is durable (tests, clean stops)."""
+        flusher = self._flusher
+        return True if flusher is None else flusher.drain(timeout)
 
     # -- reading -----------------------------------------------------------------
 
