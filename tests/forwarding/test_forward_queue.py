@@ -26,7 +26,7 @@ def ingest(store, path, routes, tmp_path):
     """Receive ``path`` as the SCP does, routing it to ``routes`` in the transaction."""
     tmp = store.tmp_dir / f"in-{time.monotonic_ns()}.dcm"
     shutil.copy(path, tmp)
-    values, _ = read_header(tmp)
+    values = read_header(tmp)
     info = InstanceInfo(**values)
     out = {}
 

@@ -27,7 +27,7 @@ def jobs(store):
 
 def ingest(store, jobs, src, grouping="study", association="", now=None):
     """Store ``src`` as the Storage SCP does and put it into its job."""
-    values, _ = read_header(src)
+    values = read_header(src)
     tmp = store.tmp_dir / src.name
     shutil.copyfile(src, tmp)
     info = InstanceInfo(**values)

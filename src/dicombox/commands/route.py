@@ -27,7 +27,7 @@ def cmd_test(args) -> int:
     if not args.file.is_file():
         raise CliError(f"{args.file}: no such file")
     try:
-        attrs, _ds = read_header(args.file)
+        attrs = read_header(args.file)
     except DatasetError as exc:
         raise CliError(f"{args.file}: {exc}") from None
     attrs["calling_aet"] = args.calling_aet

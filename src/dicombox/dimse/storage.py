@@ -169,9 +169,9 @@ class StorageSCP:
                                f"storage error: {writer.error.strerror or writer.error}")
         try:
             if writer is not None:
-                values, _ds = read_header(path, writer.head, writer.complete_in_head)
+                values = read_header(path, writer.head, writer.complete_in_head)
             else:
-                values, _ds = read_header(path)
+                values = read_header(path)
         except DatasetError as exc:
             LOGGER.error("C-STORE of %s from %s: %s", sop_instance, calling, exc)
             self._count("failed")

@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import mmap
 import os
 import re
 import secrets
 import shutil
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +33,11 @@ from pathlib import Path
 from .db import Database, Migration
 from .fsutil import fsync_dir, makedirs_durable
 from .groupcommit import GroupCommit
+from .header import INDEX_KEYWORDS as _INDEX_KEYWORDS
+from .header import SIMPLE_CODECS as _SIMPLE_CODECS
+from .header import STRIP_BOTH as _STRIP_BOTH
+from .header import Truncated as _Truncated
+from .header import parse_header
 from .journal import JOURNAL_MAX_BYTES, Flusher, restore
 
 LOGGER = logging.getLogger("dicombox.store")
@@ -147,24 +155,9 @@ _INFO_FIELDS = [f.name for f in fields(InstanceInfo)]
 _INSERT = (f"INSERT INTO instances ({', '.join(_INFO_FIELDS)}) "
            f"VALUES ({', '.join('?' for _ in _INFO_FIELDS)})")
 _UPDATE = f"UPDATE instances SET {', '.join(f'{c} = ?' for c in _INFO_FIELDS)} WHERE id = ?"
-_HEADER_TAGS = {
-    "patient_id": "PatientID", "patient_name": "PatientName",
-    "patient_birth_date": "PatientBirthDate", "patient_sex": "PatientSex",
-    "study_date": "StudyDate", "study_time": "StudyTime", "study_id": "StudyID",
-    "study_description": "StudyDescription", "accession_number": "AccessionNumber",
-    "modality": "Modality", "series_number": "SeriesNumber",
-    "series_description": "SeriesDescription", "instance_number": "InstanceNumber",
-    "institution_name": "InstitutionName", "body_part_examined": "BodyPartExamined",
-}
-
-
-class _Truncated(Exception):
-    """A header parse ran past the bytes kept in memory."""
-
-
 class _Head(io.BytesIO):
     """The first bytes of a larger file: reading past them raises
-    :class:`_Truncated` (the caller then parses the file itself)."""
+    :class:`~.header.Truncated` (the caller then parses the file itself)."""
 
     def read(self, size=-1):
         data = super().read(size)
@@ -173,42 +166,41 @@ class _Head(io.BytesIO):
         return data
 
 
-def read_header(path: Path, head: bytes | None = None,
-                complete: bool = False) -> tuple[dict, object]:
-    """Parse a Part 10 file's header up to the pixel data.
+def read_header(path: Path, head: bytes | None = None, complete: bool = False) -> dict:
+    """The indexed attributes of a Part 10 file (read up to the pixel data).
 
     ``head`` may hold the file's first bytes (kept in memory while it was
     received; ``complete`` when that is the whole file): the header is
-    parsed from them when they suffice, else from the file.  Returns the
-    indexed attributes and the pydicom dataset (without pixel data).
-    Raises :class:`DatasetError` when the file cannot be decoded.
+    parsed from them when they suffice, else from the file.  The bytes are
+    read by :func:`~.header.parse_header`; pydicom parses what that declines,
+    so the values, and the files refused, are pydicom's.  Returns the
+    attributes of ``INDEX_KEYWORDS`` with the specific character set and
+    the transfer syntax UID.  Raises :class:`DatasetError` when the file
+    cannot be decoded.
     """
     if head is not None:
-        source = io.BytesIO(head) if complete else _Head(head)
         try:
-            return _parse_header(source)
+            values = parse_header(head, complete)
+            if values is None:
+                values = _parse_header(io.BytesIO(head) if complete else _Head(head))
+            return values
         except _Truncated:
             pass
-    return _parse_header(path)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            values = parse_header(data, complete=True)
+    except (OSError, ValueError):   # no such file, or an empty one (cannot be mapped)
+        values = None
+    return values if values is not None else _parse_header(path)
 
 
-#: Character sets whose text values decode with one Python codec, so the
-#: indexed values can be taken from the raw bytes without pydicom's
-#: conversion and validation of every value.
-_SIMPLE_CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
-                  "ISO_IR 192": "utf-8"}
-#: Value representations whose leading spaces are not significant either.
-_STRIP_BOTH = {"UI", "IS", "DS", "DA", "TM", "DT", "CS", "AS"}
-_INDEX_KEYWORDS = {"sop_instance_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID",
-                   "study_instance_uid": "StudyInstanceUID",
-                   "series_instance_uid": "SeriesInstanceUID", **_HEADER_TAGS}
-
-
-def _parse_header(source) -> tuple[dict, object]:
+def _parse_header(source) -> dict:
+    """``read_header`` by pydicom: every file the fast parse declines."""
     from pydicom import dcmread
     from pydicom.datadict import dictionary_VR, tag_for_keyword
     from pydicom.dataelem import RawDataElement
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+    from pydicom.multival import MultiValue
 
     try:
         ds = dcmread(source, stop_before_pixels=True)
@@ -218,7 +210,7 @@ def _parse_header(source) -> tuple[dict, object]:
             charsets = [c.strip(" \0") for c in raw_cs.split("\\")]
         else:
             cs = ds.get("SpecificCharacterSet", "")
-            charsets = list(cs) if isinstance(cs, list) else [str(cs or "")]
+            charsets = list(cs) if isinstance(cs, (list, MultiValue)) else [str(cs or "")]
         charset = "\\".join(charsets) if any(charsets) else ""
         codec = _SIMPLE_CODECS.get(charset)
         values = {}
@@ -241,9 +233,10 @@ def _parse_header(source) -> tuple[dict, object]:
     except _Truncated:
         raise
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            OSError, OverflowError, NotImplementedError, LookupError) as exc:
+            OSError, OverflowError, NotImplementedError, LookupError, struct.error,
+            zlib.error, BytesLengthException, RecursionError) as exc:
         raise DatasetError(f"cannot decode the dataset: {exc}") from exc
-    return values, ds
+    return values
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
