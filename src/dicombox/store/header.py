@@ -82,6 +82,10 @@ class _Unsupported(Exception):
 
 _INDEX = {tag_for_keyword(kw): (name, dictionary_VR(tag_for_keyword(kw)))
           for name, kw in INDEX_KEYWORDS.items()}
+#: Indexed tag -> (column, whether its dictionary VR has both ends stripped).
+_INDEX_STRIP = {tag: (name, vr in STRIP_BOTH) for tag, (name, vr) in _INDEX.items()}
+_NO_VALUES = {name: "" for name, _ in _INDEX.values()}
+_STRIP_BOTH_VRS = frozenset(vr.encode("ascii") for vr in STRIP_BOTH)
 _CHARSET = 0x00080005
 _WANTED = frozenset(_INDEX) | {_CHARSET}
 _PIXEL_DATA = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -297,30 +301,27 @@ def _values(found: dict, transfer_syntax: str) -> dict:
     """The values ``read_header`` gives for the raw elements found."""
     charset = ""
     if _CHARSET in found:
-        vr, raw = found[_CHARSET]
+        vr, raw = found.pop(_CHARSET)
         if vr not in (None, b"CS"):
             raise _Unsupported
         charset = _CHARSET_NAMES.get(bytes(raw).rstrip(b" "))
         if charset is None:
             raise _Unsupported
     codec = SIMPLE_CODECS[charset]
-    values = {}
-    for tag, (name, dictionary_vr) in _INDEX.items():
-        element = found.get(tag)
-        if element is None:
-            values[name] = ""
-            continue
-        vr, raw = element
+    values = dict(_NO_VALUES)
+    for tag, (vr, raw) in found.items():
+        name, strip_both = _INDEX_STRIP[tag]
         if not raw:
             if vr is not None and vr not in _EMPTY_AS_TEXT:
                 raise _Unsupported
-            values[name] = ""
             continue
         if b"\\" in raw:
             raise _Unsupported
         text = raw.decode(codec, "replace")
-        vr_name = dictionary_vr if vr is None else _VR_NAMES[vr]
-        values[name] = text.strip(" \0") if vr_name in STRIP_BOTH else text.rstrip(" \0")
+        if strip_both if vr is None else vr in _STRIP_BOTH_VRS:
+            values[name] = text.strip(" \0")
+        else:
+            values[name] = text.rstrip(" \0")
     values["specific_character_set"] = charset
     values["transfer_syntax_uid"] = transfer_syntax
     return values
