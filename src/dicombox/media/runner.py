@@ -588,8 +588,11 @@ class JobRunner(Worker):
 
     def _plan(self, job: dict, medium: MediumStatus) -> None:
         fileset, span, _, _ = library()
-        rows = self.jobs.instances(job["id"])
-        sources = [self._source(r) for r in rows]
+        sources, ids, shared = [], {}, {}
+        for row in self.jobs.iter_instances(job["id"]):
+            source = self._source(row, shared)
+            sources.append(source)
+            ids[source.sop_instance_uid] = row["instance_id"]
         profile = profiles().choose(self.media.writer, medium.media_type,
                                     medium.capacity_bytes, self.media.profile)
         writer = self.writer()
@@ -602,20 +605,31 @@ class JobRunner(Worker):
                                        block_bytes=writer.block_bytes)
         else:
             groups = [sources]
-        by_uid = {r["sop_instance_uid"]: r["instance_id"] for r in rows}
-        plan = [[by_uid[s.sop_instance_uid] for s in group] for group in groups]
+        plan = [[ids[s.sop_instance_uid] for s in group] for group in groups]
         self.jobs.plan(job["id"], plan, profile=profile.name, writer=self.media.writer)
         LOGGER.info("job %s: %d instance(s) on %d volume(s) of %s, profile %s", job["id"],
-                    len(rows), len(plan),
+                    len(sources), len(plan),
                     f"{capacity / 1e6:.1f} MB" if capacity else "any size", profile.name)
 
-    def _source(self, row: dict):
+    def _source(self, row, shared: dict[str, str]):
+        """A job's instance for the media library.
+
+        ``shared`` keeps one copy of each value that many instances repeat
+        (SOP class, transfer syntax, study, series, patient): a job of 10 000
+        instances then holds 10 000 SOP Instance UIDs, not 60 000 strings.
+        """
         fileset, *_ = library()
+
+        def one(value: str) -> str:
+            return shared.setdefault(value, value)
+
         return fileset.SourceInstance(
             path=self.root / row["path"], sop_instance_uid=row["sop_instance_uid"],
-            sop_class_uid=row["sop_class_uid"], study_instance_uid=row["study_instance_uid"],
-            series_instance_uid=row["series_instance_uid"], patient_id=row["patient_id"],
-            transfer_syntax_uid=row["transfer_syntax_uid"], size=row["size"],
+            sop_class_uid=one(row["sop_class_uid"]),
+            study_instance_uid=one(row["study_instance_uid"]),
+            series_instance_uid=one(row["series_instance_uid"]),
+            patient_id=one(row["patient_id"]),
+            transfer_syntax_uid=one(row["transfer_syntax_uid"]), size=row["size"],
             sha256=row["sha256"])
 
     def work_dir(self, job_id: str, volume: int) -> Path:
@@ -635,7 +649,9 @@ class JobRunner(Worker):
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        sources = [self._source(r) for r in self.jobs.instances(job_id, n)]
+        shared: dict[str, str] = {}
+        sources = [self._source(r, shared) for r in self.jobs.iter_instances(job_id, n)]
+        del shared
         label = fileset.MediaLabel(volume=n, volumes=job["volumes"], job_id=job_id,
                                    box_name=self.config.box.name,
                                    institution=self.config.box.institution,
