@@ -167,9 +167,11 @@ class StorageSCP:
                 _discard(path)
                 return _status(status.OUT_OF_RESOURCES,
                                f"storage error: {writer.error.strerror or writer.error}")
+        head = writer.head if writer is not None else None
+        whole = head if writer is not None and writer.complete_in_head else None
         try:
             if writer is not None:
-                values = read_header(path, writer.head, writer.complete_in_head)
+                values = read_header(path, head, whole is not None)
             else:
                 values = read_header(path)
         except DatasetError as exc:
@@ -205,9 +207,7 @@ class StorageSCP:
         try:
             # A small instance is whole in memory: its bytes go into the index's
             # commit and the file is made durable in the background.
-            self.store.ingest(path, info, hook, checksum,
-                              writer.head if writer is not None and writer.complete_in_head
-                              else None)
+            self.store.ingest(path, info, hook, checksum, whole)
         except DuplicateKept:
             LOGGER.info("%s already stored; kept the first copy", sop_instance)
             self._count("stored")
