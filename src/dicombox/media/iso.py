@@ -10,8 +10,17 @@ Linux, macOS and Windows all list them as written.
 Memory: pycdlib is given each file by name and opens it only while it copies
 that file's extent into the image (``add_file``), so neither the job nor the
 image is ever in memory and the number of open files stays at one whatever
-the size of the job.  The image is written to ``<iso_path>.partial``,
-fsync'd and renamed, so ``iso_path`` is either absent or complete.
+the size of the job.  It does keep its whole directory tree as objects,
+though (both trees' records, the Rock Ridge entries, an inode: 3-4 kB a
+file), so a file-set of more than :data:`INLINE_MAX_FILES` files is built by
+``xorriso -as mkisofs`` in a child process instead, with the same options
+(level 1, Joliet, Rock Ridge, volume and application identifiers), so the
+names every reader sees do not depend on which one built the image.  The
+service's memory then stays flat whatever the number of files (xorriso's own
+is about 2 kB a file, in its process, and freed when it ends); small images
+are still built in-process, without a program to start.  The image is
+written to ``<iso_path>.partial``, fsync'd and renamed, so ``iso_path`` is
+either absent or complete.
 """
 
 from __future__ import annotations
@@ -19,10 +28,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..store.fsutil import fsync_dir
+from . import proc
 from .errors import MediaError
 from .verify import check_cancel
 
@@ -32,6 +42,12 @@ _VOLID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 #: ISO 9660 level 1 allows 8 directory levels.
 MAX_DEPTH = 8
 APPLICATION = "DICOMBOX"
+#: Up to this many files and directories an image is built in-process (pycdlib,
+#: a few kB each, under 10 MB); above it ``xorriso -as mkisofs`` builds it.
+INLINE_MAX_FILES = 2000
+SECTOR = 2048
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)% done")
+_PROBLEM = re.compile(r"^(libisofs|libburn|xorriso)\s*:\s*(FAILURE|SORRY|FATAL|ABORT)\s*:\s*(.*)")
 
 
 def volume_id_from(text: str) -> str:
@@ -51,10 +67,12 @@ def iso9660_name(name: str) -> str:
     return (name if "." in name else name + ".") + ";1"
 
 
-def _collect(root: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
-    """The directories and files under ``root`` (sorted), checked for level 1 names."""
-    dirs: list[str] = []
-    files: list[tuple[str, Path, int]] = []
+def _walk(root: Path) -> Iterator[tuple[str, Path | None, int]]:
+    """The directories (path ``None``) and files under ``root``, sorted, checked for level 1.
+
+    A generator, so that a large file-set is checked and counted without
+    holding a list of its files.
+    """
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel = Path(dirpath).relative_to(root)
@@ -65,36 +83,88 @@ def _collect(root: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
                                  f"{rel / d} is not an ISO 9660 level 1 directory name")
             if depth + 1 >= MAX_DEPTH:
                 raise MediaError("build-failed", f"{rel / d} is nested too deeply for ISO 9660")
-            dirs.append("/".join((*rel.parts, d)))
+            yield "/".join((*rel.parts, d)), None, 0
         for f in sorted(filenames):
             if not _FILE_NAME.match(f):
                 raise MediaError("build-failed",
                                  f"{rel / f} is not an ISO 9660 level 1 (8.3) file name")
             path = Path(dirpath, f)
-            files.append(("/".join((*rel.parts, f)), path, path.stat().st_size))
+            yield "/".join((*rel.parts, f)), path, path.stat().st_size
+
+
+def _collect(root: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
+    """The directories and files under ``root`` (sorted), checked for level 1 names."""
+    dirs: list[str] = []
+    files: list[tuple[str, Path, int]] = []
+    for rel, path, size in _walk(root):
+        if path is None:
+            dirs.append(rel)
+        else:
+            files.append((rel, path, size))
     return dirs, files
 
 
 def build_iso(fileset_dir: Path, iso_path: Path, volume_id: str,
               progress: Callable[[int, int], None] | None = None,
-              cancel: threading.Event | None = None) -> int:
+              cancel: threading.Event | None = None, *,
+              xorriso: str = "xorriso", inline_max_files: int = INLINE_MAX_FILES) -> int:
     """Write the ISO image of ``fileset_dir`` to ``iso_path``; return its size in bytes.
 
     ``progress`` receives (bytes written, image size).  Raises
     :class:`MediaError` (``build-failed``, ``cancelled``); nothing is left at
     ``iso_path`` when it does.
     """
+    fileset_dir, iso_path = Path(fileset_dir), Path(iso_path)
+    volid = volume_id_from(volume_id)
+    entries, data_bytes = 0, 0
+    try:
+        for _rel, _path, size in _walk(fileset_dir):
+            entries += 1
+            data_bytes += -(-size // SECTOR) * SECTOR
+    except OSError as exc:
+        raise MediaError("build-failed", f"cannot read the file-set: {exc}") from exc
+    partial = iso_path.with_name(iso_path.name + ".partial")
+
+    def report(done: int, total: int) -> None:
+        check_cancel(cancel)
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        if entries > inline_max_files:
+            _write_xorriso(xorriso, fileset_dir, partial, volid,
+                           data_bytes + SECTOR * (64 + 2 * entries), report, cancel)
+        else:
+            _write_pycdlib(fileset_dir, partial, volid, report)
+        with open(partial, "rb+") as out:
+            os.fsync(out.fileno())
+        size = partial.stat().st_size
+        if progress is not None:
+            progress(size, size)
+        os.replace(partial, iso_path)
+        fsync_dir(iso_path.parent)
+        return size
+    except OSError as exc:
+        raise MediaError("build-failed",
+                         f"cannot write the ISO image {iso_path.name}: {exc.strerror or exc}") \
+            from exc
+    finally:
+        try:
+            partial.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _write_pycdlib(fileset_dir: Path, partial: Path, volid: str,
+                   report: Callable[[int, int], None]) -> None:
     import pycdlib
     from pycdlib.pycdlibexception import PyCdlibException
 
-    fileset_dir, iso_path = Path(fileset_dir), Path(iso_path)
-    volid = volume_id_from(volume_id)
     try:
         dirs, files = _collect(fileset_dir)
     except OSError as exc:
         raise MediaError("build-failed", f"cannot read the file-set: {exc}") from exc
     iso = pycdlib.PyCdlib()
-    partial = iso_path.with_name(iso_path.name + ".partial")
     try:
         iso.new(interchange_level=1, vol_ident=volid, app_ident_str=APPLICATION,
                 joliet=3, rock_ridge="1.09")
@@ -106,32 +176,39 @@ def build_iso(fileset_dir: Path, iso_path: Path, volume_id: str,
             prefix = "/" + parent + "/" if parent else "/"
             iso.add_file(str(path), iso_path=prefix + iso9660_name(name), rr_name=name,
                          joliet_path="/" + rel)
-
-        def report(done: int, total: int) -> None:
-            check_cancel(cancel)
-            if progress is not None:
-                progress(done, total)
-
         with open(partial, "wb") as out:
             iso.write_fp(out, progress_cb=report)
-            out.flush()
-            os.fsync(out.fileno())
-        size = partial.stat().st_size
-        os.replace(partial, iso_path)
-        fsync_dir(iso_path.parent)
-        return size
     except PyCdlibException as exc:
         raise MediaError("build-failed", f"cannot build the ISO image: {exc}") from exc
-    except OSError as exc:
-        raise MediaError("build-failed",
-                         f"cannot write the ISO image {iso_path.name}: {exc.strerror or exc}") \
-            from exc
     finally:
         try:
             iso.close()
         except PyCdlibException:
             pass
-        try:
-            partial.unlink()
-        except FileNotFoundError:
-            pass
+
+
+def _write_xorriso(xorriso: str, fileset_dir: Path, partial: Path, volid: str, estimate: int,
+                   report: Callable[[int, int], None],
+                   cancel: threading.Event | None) -> None:
+    """``xorriso -as mkisofs``: its names are the same level 1 + Joliet + Rock Ridge ones.
+
+    Its progress ("NN.NN% done") is scaled to an estimate of the image's
+    size; the exact size is reported once the image is complete.  The
+    pacifier is polled every 0.1 s rather than every second: xorriso notices
+    that the image is complete only at its next pacifier poll, which otherwise
+    adds up to a second to every build.
+    """
+    def on_line(line: str) -> None:
+        m = _PERCENT.search(line)
+        if m:
+            report(min(int(float(m.group(1)) / 100 * estimate), estimate), estimate)
+
+    argv = [xorriso, "-no_rc", "-pacifier", "interval=0.1",
+            "-as", "mkisofs", "-iso-level", "1", "-J", "-r", "-V", volid,
+            "-A", APPLICATION, "-o", str(partial.absolute()), str(fileset_dir.absolute())]
+    done = proc.run(argv, on_line=on_line, cancel=cancel, missing_kind="build-failed")
+    if done.returncode != 0:
+        problems = [m.group(3) for m in map(_PROBLEM.match, done.lines) if m]
+        reason = problems[-1] if problems else (done.lines[-1] if done.lines else "")
+        raise MediaError("build-failed", f"xorriso cannot build the ISO image: {reason}"
+                         f" (exit status {done.returncode})")
