@@ -8,11 +8,11 @@ Each destination has its own pool of ``max_associations`` senders
 (:class:`Sender`), so a slow or unreachable destination only ever occupies
 its own threads.  A sender claims a batch of due rows, sends them over one
 association (reused while more work fits its presentation contexts), and
-writes the results back.  Failures back off exponentially with jitter up to
-``forwarding.retry_max``: per row for failure statuses, per destination for
-association failures (its senders pause, the other destinations go on).
-Senders sleep until new rows wake them (:meth:`Worker.wake`) or the next
-retry is due.
+writes the results back with its next claim (:class:`Results`).  Failures
+back off exponentially with jitter up to ``forwarding.retry_max``: per row
+for failure statuses, per destination for association failures (its senders
+pause, the other destinations go on).  Idle senders sleep until a queued row
+wakes one of them (:meth:`DestinationPool.wake`) or the next retry is due.
 
 Failure policy: a row claimed by a sender that dies with the process returns
 to pending at the next start; an unexpected exception in a sender kills that
@@ -25,8 +25,6 @@ import logging
 import random
 import threading
 import time
-
-from pynetdicom import _config
 
 from ..lifecycle import Worker
 from . import queue
@@ -60,6 +58,51 @@ def backoff(attempts: int, initial: float, ceiling: float, rng=random) -> float:
     return delay / 2 + rng.uniform(0, delay / 2)
 
 
+class Results:
+    """Attempt results a sender has not written back yet.
+
+    They are written in the transaction of the sender's next claim (or on
+    their own before it waits or stops, and at least every ``FLUSH_EVERY``
+    attempts or ``FLUSH_SECONDS``), and, like claims, committed without a
+    sync (``Database.write(durable=False)``).  Why that keeps every promise:
+
+    - a power cut can only undo the latest of these commits (the WAL is
+      replayed up to the last intact commit, in order): their rows are
+      ``sending`` again, go back to pending at start (``recover``) and are
+      sent again.  At least once, as documented; nothing is lost, because
+      no row ever leaves the queue without being delivered;
+    - whatever acts on a delivery commits with a sync first, which makes
+      every earlier commit durable too: spool cleanup removes a file only
+      after its (synced) deletion of the index row, and a storage
+      commitment verdict is committed (synced) before it is reported.  So
+      no removal or report can outlive the delivery it relied on;
+    - a lost failure or dead-letter result only means one more attempt.
+    """
+
+    def __init__(self):
+        self.outcomes: list[Outcome] = []
+        self.success = False           # something was delivered: the destination works
+        self.error: str | None = None  # the destination's last error, if any
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes) or self.success or self.error is not None
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.success = self.success or outcome.event == DELIVERED
+
+    def write(self, conn, destination: str) -> None:
+        if not self:
+            return
+        now = time.time()
+        queue.record(conn, self.outcomes, now)
+        if self.success:
+            queue.note_destination(conn, destination, now)
+        if self.error is not None:
+            queue.note_destination(conn, destination, now, self.error)
+        self.outcomes, self.success, self.error = [], False, None
+
+
 class DestinationPool:
     """The senders of one destination and the state they share."""
 
@@ -71,11 +114,28 @@ class DestinationPool:
         self.failures = 0
         self.paused_until = 0.0
         self.last_error = ""
+        #: Counts :meth:`wake` calls: a sender that saw it change since it started
+        #: looking for rows looks again instead of waiting.
+        self.queued = 0
         self.senders = [Sender(self, i) for i in range(destination.max_associations)]
 
     def wake(self) -> None:
-        for s in self.senders:
-            s.wake()
+        """Rows were queued (called inside the transaction that adds them): wake
+        one idle sender, one holding an association first.
+
+        Waking every sender would have them all claim at once and all but one
+        find nothing: a write transaction each, per received instance.  No
+        wake-up is lost: a sender looks for rows (:meth:`peek`, :meth:`claim`)
+        under the database's write lock, so it sees every row whose wake-up
+        came before it read :attr:`queued`; for a later one it finds
+        :attr:`queued` changed and looks again (:meth:`Sender.idle_for`), or it
+        is already marked idle and woken here.  A sender that is sending
+        claims again when its batch is done.
+        """
+        self.queued += 1
+        idle = [s for s in self.senders if s.idle]
+        if idle:
+            next((s for s in idle if s.session.holds_association()), idle[0]).wake()
 
     def association_failed(self, reason: str) -> float:
         """The destination cannot be reached: every sender of it pauses."""
@@ -93,12 +153,16 @@ class DestinationPool:
             self.paused_until = 0.0
 
     def others_connected(self, sender: Sender) -> bool:
-        return any(s.session.is_open() for s in self.senders if s is not sender)
+        return any(s.session.holds_association() for s in self.senders if s is not sender)
 
-    def peek(self) -> list[Item]:
-        """Due rows (not claimed) whose contexts fit one association: what to propose."""
-        found = queue.candidates(self.fwd.store.db.read_conn(), self.dest.name, time.time(),
-                                 self.dest.batch_size)
+    def peek(self, results: Results) -> list[Item]:
+        """Due rows (not claimed) whose contexts fit one association: what to propose.
+
+        Under the write lock (with ``results`` written): see :meth:`wake`.
+        """
+        with self.fwd.store.db.write(durable=False) as conn:
+            results.write(conn, self.dest.name)
+            found = queue.candidates(conn, self.dest.name, time.time(), self.dest.batch_size)
         batch: list[Item] = []
         contexts: set = set()
         for item in found:
@@ -109,12 +173,14 @@ class DestinationPool:
             batch.append(item)
         return batch
 
-    def claim(self, proposed: set) -> tuple[list[Item], bool]:
-        """Take up to ``batch_size`` due rows the association's contexts cover.
+    def claim(self, proposed: set, results: Results) -> tuple[list[Item], bool]:
+        """Write ``results`` and take up to ``batch_size`` due rows the
+        association's contexts cover, in one transaction.
 
         Returns the claimed rows and whether any row was due at all.
         """
-        with self.fwd.store.db.write() as conn:
+        with self.fwd.store.db.write(durable=False) as conn:
+            results.write(conn, self.dest.name)
             found = queue.candidates(conn, self.dest.name, time.time(), self.dest.batch_size)
             batch = [it for it in found if set(needed_contexts(
                 it, self.syntaxes, self.dest.offer_stored)) <= proposed]
@@ -156,34 +222,52 @@ class Sender(Worker):
         #: This sender's own back-off, when the destination takes fewer associations.
         self._failures = 0
         self._paused_until = 0.0
+        #: Results of the last attempts, written with the next claim or before a wait.
+        self.results = Results()
+        #: Waiting for rows (not paused, not sending): :meth:`DestinationPool.wake`
+        #: wakes such a sender.
+        self.idle = False
 
     def step(self) -> float:
+        self.idle = False
         pool = self.pool
+        queued = pool.queued
         if not pool.dest.enabled:
+            self._flush()
             return 3600.0
         wait = max(pool.paused_until, self._paused_until) - time.time()
         if wait > 0:
+            self._flush()
             self.session.close()
             return wait
         if not self.session.usable():
-            due = pool.peek()
+            due = pool.peek(self.results)
             if not due:
                 self._idle_since = None
-                return pool.idle_delay()
+                return self.idle_for(queued, pool.idle_delay)
             if not self._open(due):
                 return 0.0
-        batch, any_due = pool.claim(self.session.proposed)
+        batch, any_due = pool.claim(self.session.proposed, self.results)
         if not batch:
             if any_due or self.session.all_rejected:
                 # Due work this association was not negotiated for: start afresh.
                 self.session.close()
                 return 0.0
-            return self._idle()
+            return self.idle_for(queued, self._idle)
         self._idle_since = None
         self._send(batch)
         if self.session.all_rejected:
             self.session.close()
         return 0.0
+
+    def idle_for(self, queued: int, delay) -> float:
+        """Wait ``delay()`` for rows, unless some were queued since this step began
+        looking (``queued`` was :attr:`DestinationPool.queued` then)."""
+        self.idle = True
+        if self.pool.queued != queued:
+            self.idle = False
+            return 0.0
+        return delay()
 
     def _open(self, due: list[Item]) -> bool:
         pool = self.pool
@@ -213,18 +297,18 @@ class Sender(Worker):
         return self.pool.idle_delay()
 
     def _send(self, batch: list[Item]) -> None:
+        """Send ``batch``; the results of its last attempts stay in
+        :attr:`results` for the next claim's transaction."""
         pool, fwd = self.pool, self.pool.fwd
-        pending: list[Outcome] = []
+        results = self.results
         last_flush = time.monotonic()
-        delivered = 0
         for n, item in enumerate(batch):
             if self.stopping.is_set():
-                pending += [Outcome(it, "release") for it in batch[n:]]
+                results.outcomes += [Outcome(it, "release") for it in batch[n:]]
                 break
             attempt = self.session.send(item, fwd.store.path_of(item.path))
-            pending.append(self._outcome(item, attempt.event, attempt.error,
-                                         attempt.sent_sop_instance_uid))
-            delivered += attempt.event == DELIVERED
+            results.add(self._outcome(item, attempt.event, attempt.error,
+                                      attempt.sent_sop_instance_uid))
             if attempt.event == DEAD:
                 LOGGER.error("%s -> %s: dead-letter: %s", item.sop_instance_uid,
                              pool.dest.name, attempt.error)
@@ -233,16 +317,17 @@ class Sender(Worker):
                                attempt.error)
             if attempt.broken:
                 self.session.abort()
-                pending += [Outcome(it, "release") for it in batch[n + 1:]]
-                self._flush(pending, success=delivered > 0, error=attempt.error)
+                results.outcomes += [Outcome(it, "release") for it in batch[n + 1:]]
+                results.error = attempt.error
+                self._flush()
                 self._association_failed(attempt.error, noted=True)
                 return
-            if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > FLUSH_SECONDS:
-                self._flush(pending, success=delivered > 0)
-                pending, delivered = [], 0
+            if (len(results.outcomes) >= FLUSH_EVERY
+                    or time.monotonic() - last_flush > FLUSH_SECONDS):
+                self._flush()
                 last_flush = time.monotonic()
-        self._flush(pending, success=delivered > 0)
         if self.stopping.is_set():
+            self._flush()
             self.session.close()
 
     def _outcome(self, item: Item, event: str, error: str, sent_uid: str = "") -> Outcome:
@@ -272,23 +357,19 @@ class Sender(Worker):
         delay = pool.association_failed(reason)
         LOGGER.warning("%s: %s; next try in %.1f s", pool.dest.name, reason, delay)
         if not noted:
-            self._flush([], error=reason)
+            self.results.error = reason
+            self._flush()
 
-    def _flush(self, outcomes: list[Outcome], success: bool = False,
-               error: str | None = None) -> None:
-        if not outcomes and not success and error is None:
-            return
-        now = time.time()
-        with self.pool.fwd.store.db.write() as conn:
-            queue.record(conn, outcomes, now)
-            if success:
-                queue.note_destination(conn, self.pool.dest.name, now)
-            if error is not None:
-                queue.note_destination(conn, self.pool.dest.name, now, error)
+    def _flush(self) -> None:
+        """Write :attr:`results` back now (before waiting, on its own)."""
+        if self.results:
+            with self.pool.fwd.store.db.write(durable=False) as conn:
+                self.results.write(conn, self.pool.dest.name)
 
     def stop(self, timeout: float | None = 10) -> None:
         super().stop(timeout)
         if not self.is_alive():
+            self._flush()
             self.session.close()
 
 
@@ -319,9 +400,6 @@ class Forwarding(RouterComponent):
         super().__init__(service)
         self.config = service.config
         self.store = service.store
-        # Send spooled files in chunks, never decoding them (process-wide; the
-        # router sends only files).
-        _config.STORE_SEND_CHUNKED_DATASET = True
         self.rules = RuleSet.from_config(self.config)
         now = time.time()
         with self.store.db.write() as conn:

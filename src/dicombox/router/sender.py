@@ -8,18 +8,17 @@ stored syntax is used when accepted; otherwise the first accepted syntax of
 the destination's list that the conversion matrix (:mod:`dicombox.transcode`)
 allows, converted into a temporary file.
 
-Files are sent with pynetdicom's ``STORE_SEND_CHUNKED_DATASET``: the
-dataset is read from the spool in PDU-sized chunks, never decoded, never
-held whole in memory.  What each response status means for the queue is the
-data in :data:`STATUS_POLICY`.
+The association itself is :mod:`.scu`'s: the sending thread writes the
+PDUs and reads the responses, the dataset goes from the spool file to the
+socket in PDU-sized chunks, never decoded, never held whole in memory.  What
+each response status means for the queue is the data in
+:data:`STATUS_POLICY`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,12 @@ from .. import transcode
 from ..dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..dimse import status as st
 from ..uids import STORAGE_BY_UID, TS_BY_UID
+from . import scu
 from .queue import Item
 
 LOGGER = logging.getLogger("dicombox.forward")
 
-#: pynetdicom refuses more than 128 presentation contexts per association.
+#: At most 128 presentation contexts per association (odd context IDs 1-255, PS3.8).
 MAX_CONTEXTS = 128
 
 DELIVERED, RETRY, DEAD = "deliver", "fail", "reject"
@@ -86,72 +86,6 @@ class Attempt:
     broken: bool = False   # the association is no longer usable
 
 
-def _nodelay(event) -> None:
-    """Nagle off on the SCU socket, as on the listeners (see PERFORMANCE.md)."""
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
-#: Bytes of P-DATA waiting for the socket at most: the file is read only as fast as
-#: the network takes it (pynetdicom's queue to its DUL thread is unbounded).
-MAX_QUEUED_BYTES = 8 << 20
-#: PDU size used towards a peer that announced no limit (pynetdicom would read the
-#: whole dataset into one PDU).
-UNLIMITED_PEER_PDU = 1 << 20
-
-
-def _bounded_sending(assoc) -> None:
-    """Bound the memory one C-STORE takes, whatever the size of the instance."""
-    from pynetdicom.pdu_primitives import P_DATA, MaximumLengthNotification
-
-    pdu = UNLIMITED_PEER_PDU
-    for item in assoc.acceptor.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            if not item.maximum_length_received:
-                item.maximum_length_received = UNLIMITED_PEER_PDU
-            pdu = item.maximum_length_received
-    limit = max(4, MAX_QUEUED_BYTES // max(pdu, 1))
-    dul = assoc.dul
-    put = dul.send_pdu
-    pending = dul.to_provider_queue
-
-    def send_pdu(primitive):
-        if isinstance(primitive, P_DATA):
-            while (pending.qsize() >= limit and dul.is_alive()
-                   and not assoc.is_aborted):
-                time.sleep(0.0005)
-        put(primitive)
-
-    dul.send_pdu = send_pdu
-
-
-def _keep_responses(assoc) -> None:
-    """Hand a C-STORE response the association's reactor took back to the sender.
-
-    pynetdicom 3.0.4's ``send_c_store`` pauses the reactor thread with a flag
-    that the reactor sets *before* it waits; once in a few thousand messages
-    the reactor is past its wait when the sender checks the flag, takes the
-    response off the DIMSE queue and drops it as an "unexpected" message.
-    The sender then waits ``dimse_timeout`` for nothing and aborts.  The
-    reactor passes what it takes to ``_serve_request``: on this Storage SCU
-    association anything that is not a request is put back on the queue,
-    where ``send_c_store`` is waiting for it.
-    """
-    serve = assoc._serve_request
-
-    def give_back(msg, context_id):
-        if msg is not None and not msg.is_valid_request:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = give_back
-
-
 class Session:
     """One association to a destination, reused while its contexts fit the work."""
 
@@ -165,11 +99,11 @@ class Session:
                                        decompress_lossy=destination.decompress_lossy,
                                        lossy_ratio=destination.lossy_ratio,
                                        lossy_near=destination.lossy_near)
-        self.assoc = None
+        self.assoc: scu.StorageAssociation | None = None
         self.proposed: set[tuple[str, str]] = set()
         self.accepted: dict[str, list[str]] = {}
-        #: The destination rejected every proposed context (pynetdicom then aborts):
-        #: the rows they were proposed for can only go to dead-letter.
+        #: The destination rejected every proposed context (the association is then
+        #: aborted): the rows they were proposed for can only go to dead-letter.
         self.all_rejected = False
 
     # -- association -----------------------------------------------------------
@@ -185,7 +119,14 @@ class Session:
         return out
 
     def is_open(self) -> bool:
-        return self.assoc is not None and self.assoc.is_established
+        """Whether the association is up (one the destination released, aborted or
+        closed while it was idle is noticed here)."""
+        return self.assoc is not None and self.assoc.is_open()
+
+    def holds_association(self) -> bool:
+        """Whether an association is believed up, without touching it (for other
+        threads: only the sender's own thread reads its socket)."""
+        return self.assoc is not None and self.assoc.established
 
     def usable(self) -> bool:
         """Negotiated: rows whose contexts were proposed may be claimed and tried."""
@@ -197,53 +138,30 @@ class Session:
         self._associate(self.needed(items)[:MAX_CONTEXTS])
 
     def _associate(self, contexts: list[tuple[str, str]]) -> None:
-        from pynetdicom import AE, evt
-        from pynetdicom.presentation import build_context
-
-        ae = AE(ae_title=self.calling)
-        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        ae.connection_timeout = self.dest.connect_timeout
-        ae.acse_timeout = self.dest.acse_timeout
-        ae.dimse_timeout = self.dest.dimse_timeout
-        ae.network_timeout = self.dest.network_timeout
-        ae.maximum_pdu_size = self.max_pdu
-        ae.requested_contexts = [build_context(sc, [ts]) for sc, ts in contexts]
-        connected = []
-
-        def on_open(event):
-            connected.append(True)
-            _nodelay(event)
-
-        assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
+        dest = self.dest
+        timeouts = scu.Timeouts(connect=dest.connect_timeout, acse=dest.acse_timeout,
+                                dimse=dest.dimse_timeout, network=dest.network_timeout)
+        try:
+            assoc = scu.StorageAssociation.request(
+                dest.host, dest.port, self.calling, dest.ae_title, contexts, self.max_pdu,
+                timeouts, (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME))
+        except scu.AssociationError as exc:
+            raise AssociationFailed(str(exc)) from None
         self.proposed = set(contexts)
         self.accepted = {}
-        if assoc.is_established:
-            _keep_responses(assoc)
-            _bounded_sending(assoc)
-        if not assoc.is_established:
-            if assoc.rejected_contexts and not assoc.accepted_contexts and not assoc.is_rejected:
-                # Every context was rejected: pynetdicom aborted the association.
-                # Nothing of this batch can be sent there, ever: choose() says why.
-                self.all_rejected = True
-                return
-            raise AssociationFailed(_why_not(assoc, self.dest, bool(connected)))
+        if not assoc.accepted:
+            # Every context was rejected: nothing of this batch can be sent there,
+            # ever: choose() says why.
+            assoc.abort()
+            self.all_rejected = True
+            return
         self.assoc = assoc
-        for ctx in assoc.accepted_contexts:
-            self.accepted.setdefault(str(ctx.abstract_syntax), []).append(
-                str(ctx.transfer_syntax[0]))
+        self.accepted = {sc: list(by_ts) for sc, by_ts in assoc.accepted.items()}
 
     def close(self) -> None:
+        """Release the association (abort it if the release fails)."""
         if self.assoc is not None:
-            try:
-                if self.assoc.is_established:
-                    self.assoc.release()
-                else:
-                    self.assoc.abort()
-            except Exception:  # noqa: BLE001 - tearing down a dead association
-                LOGGER.debug("closing the association to %s failed", self.dest.name,
-                             exc_info=True)
+            self.assoc.release()
         self.assoc = None
         self.proposed = set()
         self.accepted = {}
@@ -251,10 +169,7 @@ class Session:
 
     def abort(self) -> None:
         if self.assoc is not None:
-            try:
-                self.assoc.abort()
-            except Exception:  # noqa: BLE001 - aborting a broken association
-                LOGGER.debug("abort failed", exc_info=True)
+            self.assoc.abort()
         self.assoc = None
         self.proposed = set()
         self.accepted = {}
@@ -289,7 +204,7 @@ class Session:
         self.abort()
         try:
             self._associate(contexts)
-        except (AssociationFailed, OSError, RuntimeError, ValueError) as exc:
+        except (AssociationFailed, ValueError) as exc:
             return str(exc)
         return "" if self.is_open() else "the destination rejected every context"
 
@@ -317,7 +232,7 @@ class Session:
                         return Attempt(RETRY, "association lost while converting: "
                                               f"{why or 'context no longer accepted'}",
                                        broken=True)
-            return self._store(to_send, sent_uid)
+            return self._store(to_send, item.sop_class_uid, sent_uid, ts)
         except FileNotFoundError:
             # The instance was replaced (its row is re-queued) or removed meanwhile.
             return Attempt(RETRY, "the spooled file is gone (replaced meanwhile)")
@@ -330,21 +245,19 @@ class Session:
                 except FileNotFoundError:
                     pass
 
-    def _store(self, path: Path, sent_uid: str) -> Attempt:
+    def _store(self, path: Path, sop_class_uid: str, sent_uid: str, ts: str) -> Attempt:
         assoc = self.assoc
+        if assoc is None:
+            return Attempt(RETRY, "association lost", broken=True)
         try:
-            rsp = assoc.send_c_store(path)
-        except (RuntimeError, ValueError, AttributeError) as exc:
-            if not assoc.is_established:
-                return Attempt(RETRY, f"association lost: {exc}", broken=True)
+            rsp = assoc.send_c_store(path, sop_class_uid, sent_uid, ts)
+        except scu.AssociationLost as exc:
+            return Attempt(RETRY, f"association lost: {exc}", broken=True)
+        except ValueError as exc:
             return Attempt(DEAD, f"cannot send the file: {exc}")
-        if rsp is None or "Status" not in rsp:
-            why = ("association aborted" if assoc.is_aborted else
-                   "no response within dimse_timeout")
-            return Attempt(RETRY, f"no C-STORE response ({why})", broken=True)
-        code = int(rsp.Status)
+        code = rsp.status
         event, meaning = classify_status(code)
-        comment = str(rsp.get("ErrorComment", "") or "")
+        comment = rsp.error_comment
         text = f"{st.describe(code)}: {meaning}" + (f" ({comment})" if comment else "")
         if event == DELIVERED:
             return Attempt(DELIVERED, "" if code == 0 else text, sent_uid)
@@ -354,19 +267,3 @@ class Session:
 def _ts(uid: str) -> str:
     ts = TS_BY_UID.get(uid)
     return ts.name if ts else uid
-
-
-def _why_not(assoc, dest, connected: bool) -> str:
-    where = f"{dest.ae_title}@{dest.host}:{dest.port}"
-    if not connected:
-        return f"cannot connect to {where}"
-    if assoc.is_rejected:
-        rsp = assoc.acceptor.primitive
-        try:
-            detail = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}"
-        except (AttributeError, KeyError, TypeError):
-            detail = "rejected"
-        return f"association rejected by {where} ({detail})"
-    if assoc.is_aborted:
-        return f"association aborted by {where}"
-    return f"cannot connect to {where}"

@@ -67,16 +67,27 @@ class Database:
                              (m.name,))
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """``durable=False`` commits without syncing the WAL (``synchronous=NORMAL``):
+        only for changes whose loss on a power cut is harmless.  Such a commit
+        becomes durable with the next durable one (the WAL is one file, synced
+        whole, and recovery keeps a prefix of the commits), so nothing derived
+        from it durably can outlive it."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                else:
+                    self._conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     def read_conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
