@@ -48,6 +48,8 @@ FLUSH_EVERY = 25
 FLUSH_SECONDS = 1.0
 #: An open association waits this long for more work before it is released.
 LINGER_SECONDS = 1.0
+#: How long results wait for the next claim after a batch that took every due row.
+RESULTS_WAIT = 0.02
 #: How often undelivered rows are checked against forwarding.max_age_hours.
 EXPIRE_INTERVAL = 30.0
 
@@ -61,9 +63,10 @@ def backoff(attempts: int, initial: float, ceiling: float, rng=random) -> float:
 class Results:
     """Attempt results a sender has not written back yet.
 
-    They are written in the transaction of the sender's next claim (or on
-    their own before it waits or stops, and at least every ``FLUSH_EVERY``
-    attempts or ``FLUSH_SECONDS``), and, like claims, committed without a
+    They are written in the transaction of the sender's next claim (at
+    least every ``FLUSH_EVERY`` attempts or ``FLUSH_SECONDS``, at most
+    ``RESULTS_WAIT`` after a batch that took every due row, before a longer
+    wait and when the sender stops), and, like claims, committed without a
     sync (``Database.write(durable=False)``).  Why that keeps every promise:
 
     - a power cut can only undo the latest of these commits (the WAL is
@@ -114,28 +117,40 @@ class DestinationPool:
         self.failures = 0
         self.paused_until = 0.0
         self.last_error = ""
-        #: Counts :meth:`wake` calls: a sender that saw it change since it started
-        #: looking for rows looks again instead of waiting.
+        #: :meth:`wake` calls, and those that woke an idle sender: see :meth:`unserved`.
         self.queued = 0
+        self.woken = 0
         self.senders = [Sender(self, i) for i in range(destination.max_associations)]
 
     def wake(self) -> None:
         """Rows were queued (called inside the transaction that adds them): wake
-        one idle sender, one holding an association first.
+        one idle sender, first one with results to write, then one holding an
+        association.
 
         Waking every sender would have them all claim at once and all but one
         find nothing: a write transaction each, per received instance.  No
-        wake-up is lost: a sender looks for rows (:meth:`peek`, :meth:`claim`)
-        under the database's write lock, so it sees every row whose wake-up
-        came before it read :attr:`queued`; for a later one it finds
-        :attr:`queued` changed and looks again (:meth:`Sender.idle_for`), or it
-        is already marked idle and woken here.  A sender that is sending
-        claims again when its batch is done.
+        wake-up is lost.  A sender reads :meth:`unserved` before it looks for
+        rows (:meth:`peek`, :meth:`claim`, both under the database's write
+        lock, so it sees every row whose wake-up came before), and again
+        after it marked itself idle (:meth:`Sender.idle_for`): if the count
+        changed, it looks again instead of waiting.  Here the count goes up
+        *before* the idle senders are looked at, and comes back down only
+        for a wake-up that did wake one, which then claims the rows itself;
+        so a sender either sees the wake-up counted, or was seen idle.
         """
-        self.queued += 1
-        idle = [s for s in self.senders if s.idle]
-        if idle:
-            next((s for s in idle if s.session.holds_association()), idle[0]).wake()
+        with self.lock:
+            self.queued += 1
+            idle = [s for s in self.senders if s.idle]
+            if idle:
+                # Results to write first (one transaction for both), then an association.
+                min(idle, key=lambda s: (not s.results,
+                                         not s.session.holds_association())).wake()
+                self.woken += 1
+
+    def unserved(self) -> int:
+        """Wake-ups so far that found no idle sender (and a moment, those in progress)."""
+        with self.lock:
+            return self.queued - self.woken
 
     def association_failed(self, reason: str) -> float:
         """The destination cannot be reached: every sender of it pauses."""
@@ -231,7 +246,7 @@ class Sender(Worker):
     def step(self) -> float:
         self.idle = False
         pool = self.pool
-        queued = pool.queued
+        queued = pool.unserved()
         if not pool.dest.enabled:
             self._flush()
             return 3600.0
@@ -258,16 +273,25 @@ class Sender(Worker):
         self._send(batch)
         if self.session.all_rejected:
             self.session.close()
+            return 0.0
+        if (self.results and len(batch) < pool.dest.batch_size
+                and pool.unserved() == queued and not self.stopping.is_set()):
+            # Everything due was in this batch and nothing was queued since (for
+            # this sender; another one woken claims its rows itself): the
+            # next instance, if it comes at once, takes the results along with its
+            # claim (one transaction instead of two while instances trickle in).
+            return self.idle_for(queued, lambda: RESULTS_WAIT)
         return 0.0
 
     def idle_for(self, queued: int, delay) -> float:
-        """Wait ``delay()`` for rows, unless some were queued since this step began
-        looking (``queued`` was :attr:`DestinationPool.queued` then)."""
+        """Wait ``delay()`` for rows, unless some were queued for no idle sender
+        since this step began looking (``queued`` was ``pool.unserved()`` then)."""
+        wait = delay()             # may release a lingering association: not yet idle
         self.idle = True
-        if self.pool.queued != queued:
+        if self.pool.unserved() != queued:
             self.idle = False
             return 0.0
-        return delay()
+        return wait
 
     def _open(self, due: list[Item]) -> bool:
         pool = self.pool
