@@ -171,22 +171,24 @@ def orphan(conn: sqlite3.Connection, configured: Iterable[str], now: float) -> i
         names).rowcount
 
 
+_CANDIDATES_SQL = (
+    "SELECT q.id, q.instance_id, q.sop_instance_uid, q.created_at, q.attempts, "
+    "i.sop_class_uid, i.transfer_syntax_uid, i.path "
+    "FROM forward_queue q JOIN instances i ON i.id = q.instance_id "
+    f"WHERE q.destination = ? AND q.state IN {sources('claim')} "
+    "AND q.next_attempt_at <= ? ORDER BY q.next_attempt_at, q.id LIMIT ?")
+_CLAIM_SQL = (f"UPDATE forward_queue SET state = '{target('claim')}' "
+              f"WHERE id = ? AND state IN {sources('claim')}")
+
+
 def candidates(conn: sqlite3.Connection, destination: str, now: float,
                limit: int) -> list[Item]:
-    rows = conn.execute(
-        "SELECT q.id, q.instance_id, q.sop_instance_uid, q.created_at, q.attempts, "
-        "i.sop_class_uid, i.transfer_syntax_uid, i.path "
-        "FROM forward_queue q JOIN instances i ON i.id = q.instance_id "
-        f"WHERE q.destination = ? AND q.state IN {sources('claim')} "
-        "AND q.next_attempt_at <= ? ORDER BY q.next_attempt_at, q.id LIMIT ?",
-        (destination, now, limit)).fetchall()
+    rows = conn.execute(_CANDIDATES_SQL, (destination, now, limit)).fetchall()
     return [Item(*r) for r in rows]
 
 
 def mark_claimed(conn: sqlite3.Connection, items: Sequence[Item]) -> None:
-    conn.executemany(f"UPDATE forward_queue SET state = '{target('claim')}' "
-                     f"WHERE id = ? AND state IN {sources('claim')}",
-                     [(it.id,) for it in items])
+    conn.executemany(_CLAIM_SQL, [(it.id,) for it in items])
 
 
 def next_due(conn: sqlite3.Connection, destination: str) -> float | None:

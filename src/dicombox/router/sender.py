@@ -256,6 +256,8 @@ class Session:
         except ValueError as exc:
             return Attempt(DEAD, f"cannot send the file: {exc}")
         code = rsp.status
+        if code == 0:
+            return Attempt(DELIVERED, "", sent_uid)
         event, meaning = classify_status(code)
         comment = rsp.error_comment
         text = f"{st.describe(code)}: {meaning}" + (f" ({comment})" if comment else "")
