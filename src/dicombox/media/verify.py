@@ -253,7 +253,7 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
             if block not in (512, 1024, 2048):
                 raise _bad_image(iso_path, f"a logical block of {block} bytes")
             root = pvd[156:190]
-            pending = [("", int.from_bytes(root[2:6], "little"),
+            pending = [("", int.from_bytes(root[2:6], "little") + root[1],
                         int.from_bytes(root[10:14], "little"))]
             visited: set[int] = set()
             while pending:
@@ -266,12 +266,10 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
                     if record[32] == 1 and record[33] in (0, 1):
                         continue                     # "." and ".."
                     flags = record[25]
-                    start = int.from_bytes(record[2:6], "little")
+                    # A file's data follows its extended attribute record, if any.
+                    start = int.from_bytes(record[2:6], "little") + record[1]
                     size = int.from_bytes(record[10:14], "little")
-                    pos = image.tell()
-                    name = _record_name(image, record, block).decode("latin-1")
-                    image.seek(pos)
-                    rel = prefix + name
+                    rel = prefix + _record_name(image, record, block).decode("latin-1")
                     if flags & _DIRECTORY:
                         pending.append((rel + "/", start, size))
                         continue
