@@ -93,31 +93,27 @@ def test_a_truncated_command_set_is_refused():
         scu.read_command(command[:-3])
 
 
-def _without_group_length(src, dst):
-    """``src`` rewritten with a File Meta Information that has no (0002,0000)."""
-    raw = src.read_bytes()
-    start = 132 + 12                               # after the group length element
-    with open(src, "rb") as f:
-        end = scu.dataset_offset(f)
-    dst.write_bytes(raw[:132] + raw[start:end] + raw[end:])
-    return end - 12
+def _without_group_length(raw: bytes) -> tuple[bytes, int]:
+    """``raw`` with a File Meta Information that has no (0002,0000), and where its
+    data set then starts."""
+    end = scu.dataset_offset(raw)
+    return raw[:132] + raw[132 + 12:], end - 12
 
 
 def test_dataset_offset_with_and_without_group_length(tmp_path):
     from pynetdicom.dsutils import split_dataset
     path = ct_series(tmp_path / "ct", 1)[0]
-    with open(path, "rb") as f:
-        offset = scu.dataset_offset(f)
-    assert offset == split_dataset(path)[1]
-    bare = tmp_path / "bare.dcm"
-    expected = _without_group_length(path, bare)
-    with open(bare, "rb") as f:
-        assert scu.dataset_offset(f) == expected
-    assert dcmread(bare).SOPInstanceUID == dcmread(path).SOPInstanceUID
-    junk = tmp_path / "junk.dcm"
-    junk.write_bytes(b"\0" * 300)
-    with open(junk, "rb") as f, pytest.raises(ValueError, match="DICM"):
-        scu.dataset_offset(f)
+    raw = path.read_bytes()
+    assert scu.dataset_offset(raw) == split_dataset(path)[1]
+    bare, expected = _without_group_length(raw)
+    assert scu.dataset_offset(bare) == expected
+    (tmp_path / "bare.dcm").write_bytes(bare)
+    assert dcmread(tmp_path / "bare.dcm").SOPInstanceUID == dcmread(path).SOPInstanceUID
+    with pytest.raises(ValueError, match="DICM"):
+        scu.dataset_offset(b"\0" * 300)
+    with pytest.raises(ValueError, match="truncated"):
+        scu.dataset_offset(bare[:expected - 3])
+    assert scu.dataset_offset(bare[:expected]) == expected     # no data set at all
 
 
 def test_a_write_that_need_not_be_durable_restores_full_sync(tmp_path):
@@ -251,3 +247,20 @@ def test_a_sender_is_woken_by_new_instances_not_by_its_poll(box, netns, peers, t
     send(netns, router_port(router), second)
     wait_for(lambda: delivered(router.config, "pacs", 4), timeout=60, what="the next two")
     assert sorted(storescp_uids(scp)) == sorted(sop_uid(f) for f in first + second)
+
+
+@pytest.mark.parametrize("fragment", [4090, 16378, (1 << 20) - 6])
+def test_a_data_set_is_cut_into_fragments_in_order(fragment):
+    """Every byte once, in order, in fragments no longer than the peer takes, only the
+    last one marked last, whether the data set is read whole at first or in blocks."""
+    from io import BytesIO
+    block = scu.BLOCK
+    for size in (0, 1, fragment, fragment + 1, block - 1, block, block + 1, 3 * block + 17):
+        data = bytes(i % 251 for i in range(size))
+        first = min(size, block)
+        f = BytesIO(data[first:])
+        parts = list(scu._fragments(memoryview(data[:first]), f, size - first, fragment))
+        assert b"".join(bytes(p) for p, _ in parts) == data
+        assert all(len(p) <= fragment for p, _ in parts)
+        assert [last for _, last in parts] == [False] * (len(parts) - 1) + [True]
+        assert all(len(p) == fragment for p, _ in parts[:-1])

@@ -27,6 +27,7 @@ whatever the size of the instance.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -134,34 +135,36 @@ def _us(command: dict[int, bytes], element: int) -> int | None:
 # -- the data set of a Part 10 file -----------------------------------------------------
 
 
-def dataset_offset(f) -> int:
-    """Where the data set starts in a DICOM Part 10 file: after the preamble, the
-    ``DICM`` prefix and the File Meta Information (group 0002, Explicit VR LE)."""
-    head = f.read(132)
+def dataset_offset(head) -> int:
+    """Where the data set starts in a DICOM Part 10 file whose first bytes are
+    ``head``: after the preamble, the ``DICM`` prefix and the File Meta
+    Information (group 0002, Explicit VR Little Endian)."""
     if len(head) < 132 or head[128:132] != b"DICM":
         raise ValueError("not a DICOM Part 10 file (no DICM prefix)")
-    offset = 132
-    while True:
-        f.seek(offset)
-        raw = f.read(12)
-        if len(raw) < 8:
-            return offset
-        group, element = struct.unpack_from("<HH", raw)
+    offset, end = 132, len(head)
+    while end - offset >= 8:
+        group, element = struct.unpack_from("<HH", head, offset)
         if group != 0x0002:
             return offset
-        vr = raw[4:6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"):
-            if len(raw) < 12:
-                raise ValueError("truncated File Meta Information")
-            length = struct.unpack_from("<L", raw, 8)[0]
+        vr = bytes(head[offset + 4:offset + 6])
+        if vr in _LONG_VRS:
+            if end - offset < 12:
+                break
+            length = struct.unpack_from("<L", head, offset + 8)[0]
             offset += 12 + length
         else:
-            length = struct.unpack_from("<H", raw, 6)[0]
+            length = struct.unpack_from("<H", head, offset + 6)[0]
+            if element == 0x0000 and vr == b"UL" and length == 4:
+                # The group length says where the group ends: no need to walk it.
+                return offset + 12 + struct.unpack_from("<L", head, offset + 8)[0]
             offset += 8 + length
-        if element == 0x0000 and length == 4 and vr == b"UL":
-            # The group length says where the group ends: no need to walk it.
-            group_length = struct.unpack_from("<L", raw, 8)[0]
-            return offset + group_length
+    if offset == end:
+        return offset                  # nothing but the File Meta Information
+    raise ValueError("truncated File Meta Information (or longer than "
+                     f"{BLOCK >> 10} KB)")
+
+
+_LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"}
 
 
 # -- the association ----------------------------------------------------------------------
@@ -185,6 +188,7 @@ class StorageAssociation:
         # socket timeout would poll() before every send and receive.
         sock.settimeout(None)
         self._timeout: float | None = None
+        self._reader = _Reader(sock)
 
     # -- establishment ----------------------------------------------------------------
 
@@ -249,14 +253,14 @@ class StorageAssociation:
         if sock is None:
             return False
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            readable = self._reader.pending() or select.select([sock], [], [], 0)[0]
         except (OSError, ValueError):
             self._close()
             return False
         if readable:
             try:
                 self._wait(self.timeouts.network)
-                kind, _ = _read_pdu(sock, self._recv_limit)
+                kind, _ = self._reader.read_pdu(self._recv_limit)
             except (OSError, AssociationLost):
                 self._close()
                 return False
@@ -287,14 +291,16 @@ class StorageAssociation:
             raise ValueError(f"no accepted presentation context for {sop_class_uid} in "
                              f"{transfer_syntax_uid}")
         with open(path, "rb", buffering=0) as f:
-            offset = dataset_offset(f)
-            size = f.seek(0, 2)
-            f.seek(offset)
+            size = os.fstat(f.fileno()).st_size
+            # Most instances are read whole here, in one call.
+            head = memoryview(_read(f, min(size, BLOCK)))
+            offset = dataset_offset(head)
             self._message_id = self._message_id % 0xFFFF + 1
             message_id = self._message_id
             command = c_store_rq(message_id, sop_class_uid, sop_instance_uid)
             try:
-                self._send_message(sock, f, size - offset, context_id, command)
+                self._send_message(sock, head[offset:], f, size - len(head), context_id,
+                                   command)
             except _ReadError as exc:
                 self.abort()
                 raise AssociationLost(f"reading {path} failed while sending it: {exc}"
@@ -305,26 +311,22 @@ class StorageAssociation:
                                       ) from None
         return self._response(sock, message_id)
 
-    def _send_message(self, sock: socket.socket, f, length: int, context_id: int,
-                      command: bytes) -> None:
+    def _send_message(self, sock: socket.socket, data: memoryview, f, rest: int,
+                      context_id: int, command: bytes) -> None:
+        """The command, then the data set: ``data`` (already read) and the
+        ``rest`` bytes still in ``f``, as P-DATA-TF PDUs sent in blocks."""
         self._wait(self.timeouts.network)
         fragment = max(1, self.peer_max_pdu - 6)
         buf = bytearray()
         _append_pdvs(buf, context_id, command, 0x01, fragment)
-        remaining = length
-        while True:
-            n = min(fragment, remaining)
-            data = _read(f, n)
-            remaining -= n
-            mch = 0x02 if remaining == 0 else 0x00
+        for part, last in _fragments(data, f, rest, fragment):
+            n = len(part)
             buf += _PDU_HEADER.pack(P_DATA_TF, 0, n + 6)
-            buf += _PDV_HEADER.pack(n + 2, context_id, mch)
-            buf += data
-            if remaining == 0 or len(buf) >= BLOCK:
+            buf += _PDV_HEADER.pack(n + 2, context_id, 0x02 if last else 0x00)
+            buf += part
+            if last or len(buf) >= BLOCK:
                 sock.sendall(buf)
                 buf.clear()
-            if remaining == 0:
-                return
 
     def _response(self, sock: socket.socket, message_id: int) -> StoreResponse:
         command = bytearray()
@@ -332,7 +334,7 @@ class StorageAssociation:
         try:
             self._wait(self.timeouts.dimse)
             while True:
-                kind, body = _read_pdu(sock, self._recv_limit)
+                kind, body = self._reader.read_pdu(self._recv_limit)
                 if kind != P_DATA_TF:
                     self._peer_ended(kind)
                 for _, mch, value in _pdvs(body):
@@ -395,7 +397,7 @@ class StorageAssociation:
             self._wait(self.timeouts.acse)
             sock.sendall(_RELEASE_RQ)
             while True:
-                kind, _ = _read_pdu(sock, self._recv_limit)
+                kind, _ = self._reader.read_pdu(self._recv_limit)
                 if kind in (A_RELEASE_RP, A_ABORT):
                     break
                 if kind == A_RELEASE_RQ:       # release collision (PS3.8 7.2.2)
@@ -439,6 +441,21 @@ class StorageAssociation:
 # -- PDUs ----------------------------------------------------------------------------------
 
 
+def _fragments(data: memoryview, f, rest: int, size: int):
+    """(fragment, is the last) of at most ``size`` bytes: ``data``, then the
+    ``rest`` bytes read from ``f`` a block at a time."""
+    while True:
+        while len(data) < size and rest:
+            more = _read(f, min(rest, max(BLOCK, size)))
+            rest -= len(more)
+            data = memoryview(bytes(data) + more) if len(data) else memoryview(more)
+        if len(data) <= size and not rest:
+            yield data, True
+            return
+        yield data[:size], False
+        data = data[size:]
+
+
 def _read(f, n: int) -> bytes:
     """``n`` bytes of the (unbuffered) file ``f``."""
     try:
@@ -463,6 +480,55 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
             raise ConnectionAbortedError(errno.ECONNABORTED, "closed by the peer")
         got += k
     return buf
+
+
+class _Reader:
+    """PDUs read from a socket in as few calls as possible: a C-STORE response
+    usually arrives whole, and is then one ``recv``."""
+
+    SIZE = 1 << 16
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray(self.SIZE)
+        self.start = self.end = 0
+
+    def pending(self) -> bool:
+        """Bytes already read and not yet handed out."""
+        return self.end > self.start
+
+    def read_pdu(self, limit: int) -> tuple[int, bytes]:
+        self._fill(6)
+        kind, _, length = _PDU_HEADER.unpack_from(self.buf, self.start)
+        if kind not in (1, 2, 3, 4, 5, 6, 7):
+            raise AssociationLost(f"unknown PDU type 0x{kind:02X}")
+        if length > limit:
+            raise AssociationLost(f"PDU of {length} bytes, longer than announced")
+        self._fill(6 + length)
+        body = bytes(self.buf[self.start + 6:self.start + 6 + length])
+        self.start += 6 + length
+        if self.start == self.end:
+            self.start = self.end = 0
+            if len(self.buf) > self.SIZE:
+                self.buf = bytearray(self.SIZE)        # after an unusually long PDU
+        return kind, body
+
+    def _fill(self, n: int) -> None:
+        """At least ``n`` bytes buffered from ``start``."""
+        if self.end - self.start >= n:
+            return
+        if len(self.buf) - self.start < n:
+            # Move what is left to the front, and grow for a longer PDU.
+            left = self.buf[self.start:self.end]
+            self.buf = bytearray(max(self.SIZE, n))
+            self.buf[:len(left)] = left
+            self.start, self.end = 0, len(left)
+        with memoryview(self.buf) as view:
+            while self.end - self.start < n:
+                k = self.sock.recv_into(view[self.end:])
+                if not k:
+                    raise ConnectionAbortedError(errno.ECONNABORTED, "closed by the peer")
+                self.end += k
 
 
 def _read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytearray]:
