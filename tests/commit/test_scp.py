@@ -2,6 +2,7 @@
 open for the report and modalities that listen for it on a new association."""
 
 import json
+import socket
 import subprocess
 import warnings
 
@@ -20,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from datagen import ct_series, sr_document
-from helpers import DICOMBOX, free_port, require, write_config
+from helpers import DICOMBOX, require, write_config
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -188,7 +189,11 @@ def test_same_request_again_is_reported_again(box, files, listener, tmp_path):
 
 
 def test_report_retried_across_a_restart_until_the_modality_listens(box, files, listener, tmp_path):
-    port_of_modality = free_port()
+    # The modality's port is held (bound, not listening) so that nothing else
+    # takes it: every attempt meets a refused connection until it listens.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port_of_modality = holder.getsockname()[1]
     router = box("router", commitment={"report_retry": 0.2, "report_retry_max": 0.5},
                  remote_aes=[{"ae_title": "MODALITY", "host": "127.0.0.1",
                               "port": port_of_modality}])
@@ -199,10 +204,12 @@ def test_report_retried_across_a_restart_until_the_modality_listens(box, files, 
     state = tmp_path / "state"
     row = wait_until(lambda: next((r for r in requests_table(state)
                                    if r["report_attempts"] >= 2), None), 60)
-    assert row is not None and row["state"] == "ready"
+    assert row is not None and row["state"] == "ready", \
+        (requests_table(state), router.output()[-3000:])
     assert "cannot connect" in row["last_error"] or "association" in row["last_error"]
     # The queue of reports is on disk: a power cut does not lose the owed report.
     router.kill()
+    holder.close()
     router = box("router", config=router.config)
     modality = listener(aet="MODALITY", port=port_of_modality)
     report = modality.wait_for(ds.TransactionUID, 60)
