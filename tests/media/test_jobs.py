@@ -217,3 +217,37 @@ def test_ids_file_set_and_volume_ids(tmp_path, store, jobs):
     assert len(fsid) <= 16 and fsid.replace("_", "").isalnum() and fsid.upper() == fsid
     vid = J.volume_id(ids[0], 2, 3)
     assert vid.endswith("_2OF3") and len(vid) <= 32
+
+
+def test_job_sources_read_a_volume_from_the_index_in_one_order(tmp_path, store, jobs):
+    from dicombox.media.errors import MediaError
+    from dicombox.media.fileset import SourceInstance
+    from dicombox.media.runner import JobSources
+
+    files = ct_series(tmp_path / "a", 5)
+    job = [ingest(store, jobs, f) for f in files][0]
+    ids = [r["instance_id"] for r in jobs.instances(job)]
+    jobs.plan(job, [ids[:3], ids[3:]], profile="STD-GEN-CD", writer="optical")
+
+    def make(row, shared):
+        return SourceInstance(path=store.root / row["path"],
+                              sop_instance_uid=row["sop_instance_uid"],
+                              sop_class_uid=row["sop_class_uid"],
+                              study_instance_uid=row["study_instance_uid"],
+                              series_instance_uid=row["series_instance_uid"],
+                              patient_id=row["patient_id"],
+                              transfer_syntax_uid=row["transfer_syntax_uid"],
+                              size=row["size"], sha256=row["sha256"])
+
+    first = JobSources(jobs, job, 1, make)
+    assert len(first) == 3 and len(JobSources(jobs, job, 2, make)) == 2
+    listed = list(first)
+    assert [first[i] for i in range(len(first))] == listed == first[:]
+    assert first[-1] == listed[-1]
+    assert {s.sop_instance_uid for s in listed} == \
+        {r["sop_instance_uid"] for r in jobs.instances(job, volume=1)}
+    assert all(s.path.is_file() for s in listed)
+    with store.db.write() as conn:
+        conn.execute("DELETE FROM media_job_instances WHERE instance_id = ?", (ids[0],))
+    with pytest.raises(MediaError, match="left job"):
+        [first[i] for i in range(len(first))]

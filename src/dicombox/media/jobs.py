@@ -455,6 +455,21 @@ class JobStore:
         sql += " ORDER BY study_instance_uid, series_instance_uid, instance_id"
         yield from self.db.read_conn().execute(sql, params)
 
+    def instance_ids(self, job_id: str, volume: int | None = None) -> list[int]:
+        """The ids of :meth:`iter_instances`' rows, in the same order."""
+        sql = "SELECT instance_id FROM media_job_instances WHERE job_id = ?"
+        params: list = [job_id]
+        if volume is not None:
+            sql += " AND volume = ?"
+            params.append(volume)
+        sql += " ORDER BY study_instance_uid, series_instance_uid, instance_id"
+        return [r[0] for r in self.db.read_conn().execute(sql, params)]
+
+    def instance(self, job_id: str, instance_id: int) -> sqlite3.Row | None:
+        return self.db.read_conn().execute(
+            "SELECT * FROM media_job_instances WHERE job_id = ? AND instance_id = ?",
+            (job_id, instance_id)).fetchone()
+
     def summary(self) -> dict[str, int]:
         counts = {s: 0 for s in STATES}
         for r in self.db.query("SELECT state, COUNT(*) AS n FROM media_jobs GROUP BY state"):
