@@ -251,3 +251,22 @@ def test_job_sources_read_a_volume_from_the_index_in_one_order(tmp_path, store, 
         conn.execute("DELETE FROM media_job_instances WHERE instance_id = ?", (ids[0],))
     with pytest.raises(MediaError, match="left job"):
         [first[i] for i in range(len(first))]
+
+
+def test_job_counts_follow_new_and_resent_instances(tmp_path, store, jobs):
+    files = ct_series(tmp_path / "a", 3)
+    job = [ingest(store, jobs, f) for f in files][0]
+    sizes = {r["instance_id"]: r["size"] for r in jobs.instances(job)}
+    j = jobs.job(job)
+    assert (j["instances"], j["bytes"]) == (3, sum(sizes.values()))
+    # The same instance again, a little longer: still three, the bytes follow.
+    from pydicom import dcmread
+    ds = dcmread(files[0])
+    ds.ImageComments = "resent with a comment that makes it longer"
+    longer = tmp_path / "longer.dcm"
+    ds.save_as(longer)
+    assert ingest(store, jobs, longer) == job
+    rows = jobs.instances(job)
+    j = jobs.job(job)
+    assert (j["instances"], j["bytes"]) == (3, sum(r["size"] for r in rows))
+    assert j["bytes"] > sum(sizes.values())

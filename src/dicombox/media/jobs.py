@@ -306,6 +306,8 @@ class JobStore:
                 kept = self._keep(other["job_id"], other["path"])
                 conn.execute("UPDATE media_job_instances SET path = ? WHERE job_id = ? "
                              "AND instance_id = ?", (kept, other["job_id"], instance_id))
+        before = conn.execute("SELECT size FROM media_job_instances WHERE job_id = ? AND "
+                              "instance_id = ?", (job_id, instance_id)).fetchone()
         conn.execute(
             "INSERT INTO media_job_instances (job_id, instance_id, path, sop_instance_uid, "
             "sop_class_uid, study_instance_uid, series_instance_uid, patient_id, "
@@ -321,11 +323,12 @@ class JobStore:
             (job_id, instance_id, path, info.sop_instance_uid, info.sop_class_uid,
              info.study_instance_uid, info.series_instance_uid, info.patient_id,
              info.transfer_syntax_uid, info.size, info.sha256, now))
+        # Counted as they come (a count over the job would cost more per
+        # instance as the job grows).
         conn.execute(
-            "UPDATE media_jobs SET instances = (SELECT COUNT(*) FROM media_job_instances "
-            "WHERE job_id = ?1), bytes = (SELECT COALESCE(SUM(size), 0) FROM "
-            "media_job_instances WHERE job_id = ?1), last_instance_at = ?2, updated_at = ?2 "
-            "WHERE id = ?1", (job_id, now))
+            "UPDATE media_jobs SET instances = instances + ?, bytes = bytes + ?, "
+            "last_instance_at = ?, updated_at = ? WHERE id = ?",
+            (before is None, info.size - (before["size"] if before else 0), now, now, job_id))
         return job_id
 
     def _keep(self, job_id: str, rel: str) -> str:
