@@ -33,6 +33,10 @@ def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    # 512 KiB of page cache per connection instead of SQLite's 2 MB: each
+    # thread that reads has its own connection, and the pages are in the
+    # operating system's cache anyway (no measurable cost on receive).
+    conn.execute("PRAGMA cache_size=-512")
     conn.row_factory = sqlite3.Row
     return conn
 
