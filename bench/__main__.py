@@ -21,7 +21,7 @@ from pathlib import Path
 from . import cases, data, report
 
 HERE = Path(__file__).resolve().parent
-ALL_CASES = ("receive", "e2e", "dicomdir", "iso", "transcode")
+ALL_CASES = ("receive", "e2e", "dicomdir", "iso", "media", "transcode")
 RECEIVE_SETS = ("ct", "cr", "tiny", "multiframe")
 E2E_SETS = ("ct", "tiny")
 _IN_NETNS = "DICOMBOX_BENCH_NETNS"
@@ -115,6 +115,9 @@ def main(argv=None) -> int:
         if "iso" in chosen:
             target = (1 if args.smoke else args.iso_mb) * 1_000_000
             results["cases"].append(cases.iso(ctx, target))
+        if "media" in chosen:
+            for key in cases.MEDIA_DATASETS:
+                results["cases"].append(cases.media_service(ctx, key))
         if "transcode" in chosen:
             results["cases"].append(cases.transcode(ctx))
     finally:

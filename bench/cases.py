@@ -346,6 +346,56 @@ def iso(ctx: Context, target_bytes: int) -> dict:
             "ratio": _ratio(ref, ours), "target": ISO_TARGET}
 
 
+# -- the media service ---------------------------------------------------------------
+
+
+#: Data sets the media service case burns (two sizes: its peak RSS must not follow).
+MEDIA_DATASETS = ("tiny", "fileset")
+
+
+def media_service(ctx: Context, key: str) -> dict:
+    """``dicombox serve media`` as a technologist uses it: storescu sends a data set
+    to the burner AE, the job closes, and the disc image is built, written and
+    verified.  Timed from the first byte sent until every job is done; the
+    service's own peak RSS over the whole job is what the memory target is
+    about (the library cases above run in a child of their own)."""
+    folder = ctx.dataset(key)
+    files = data.files_of(folder)
+    label = f"{ctx.specs[key].name} -> disc image"
+    runs: list[dict] = []
+    for rep in ctx.repetitions(time.monotonic()):
+        ctx.log(f"media service {key}: (run {rep + 1}/{ctx.reps})")
+        wd = ctx.fresh(f"media-{key}")
+        run: dict = {}
+        svc = None
+        try:
+            svc = procs.MediaService(wd).start()
+            procs.reset_peak_rss(svc.pid)
+            cpu0 = procs.cpu_seconds(svc.pid)
+            start = time.perf_counter()
+            run["sender_seconds"] = procs.storescu(svc.port, svc.aet, folder / "files")
+            svc.wait_done(600)
+            run["seconds"] = time.perf_counter() - start
+            run["cpu_seconds"] = procs.cpu_seconds(svc.pid) - cpu0
+            run["peak_rss"] = procs.peak_rss(svc.pid)
+            count = svc.count()
+            if count != len(files):
+                run["error"] = f"the jobs hold {count} of {len(files)} instances"
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            run["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            if svc is not None:
+                svc.stop()
+            shutil.rmtree(wd, ignore_errors=True)
+        ctx.note_rss("media service", run.get("peak_rss", 0))
+        runs.append(run)
+    ours = _summary(runs)
+    ours["name"] = "dicombox serve media"
+    return {"case": "media service", "label": label, "instances": len(files),
+            "ours": ours, "reference": {"median_seconds": None, "name": "no reference"},
+            "ratio": None}
+
+
 # -- transcoding ---------------------------------------------------------------------
 
 

@@ -306,6 +306,67 @@ class Router(Receiver):
             conn.close()
 
 
+class MediaService(Router):
+    """``dicombox serve media`` as shipped, writing each job as an ISO image to a folder
+    (no drive on a benchmark machine): the burner AE receives, a job closes
+    ``idle_seconds`` after its last instance, and is built, written and verified."""
+
+    name = "media"
+    aet = "DICOMBOX_CD"
+    idle_seconds = 1.0
+
+    def config(self) -> dict:
+        return {
+            "box": {"state_dir": str(self.dir / "state"), "listen_address": "127.0.0.1",
+                    "log_level": "warning"},
+            "router": {"port": free_port()},
+            "mpps": {"port": free_port()},
+            "media": {"ae_title": self.aet, "port": self.port, "writer": "folder",
+                      "idle_seconds": self.idle_seconds},
+            "media.folder": {"directory": str(self.dir / "out")},
+            "storage": {"reserve_mb": 0},
+        }
+
+    def start(self) -> MediaService:
+        cfg = self.dir / "dicombox.toml"
+        cfg.write_text(to_toml(self.config()))
+        notify = NotifySocket()
+        try:
+            self._popen([sys.executable, "-m", "dicombox", "--config", cfg, "serve", "media"],
+                        env=dict(os.environ, NOTIFY_SOCKET=notify.path))
+            if not notify.wait_ready(self.proc, 60):
+                self._check_alive()
+                raise RuntimeError(f"media service not ready: {self.log_tail()}")
+        finally:
+            notify.close()
+        return self
+
+    def _query(self, sql: str) -> list:
+        import sqlite3
+        conn = sqlite3.connect(f"file:{self.dir / 'state' / 'media' / 'index.db'}?mode=ro",
+                               uri=True, timeout=10)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def count(self) -> int:
+        return self._query("SELECT COUNT(*) FROM media_job_instances")[0][0]
+
+    def wait_done(self, timeout: float) -> None:
+        """Until every job is done (an error when one fails or time runs out)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            states = dict(self._query("SELECT state, COUNT(*) FROM media_jobs GROUP BY state"))
+            if states.get("failed"):
+                raise RuntimeError(f"a media job failed: {self.log_tail()}")
+            if states and set(states) == {"done"}:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"media jobs not done after {timeout:.0f} s: {self.log_tail()}")
+
+
 def storescu(port: int, aet: str, files_dir: Path, timeout: float = 1800,
              extra: list[str] | None = None) -> float:
     """Send every file of ``files_dir`` on one association; wall-clock seconds."""

@@ -56,6 +56,12 @@ def test_bench_smoke_run(tmp_path):
         assert case["ours"]["error"] is None, case
         assert case["reference"]["error"] is None, case
         assert case["ratio"] > 0
+    assert [c["label"] for c in by_case["media service"]] == \
+        ["10 tiny -> disc image", "20 tiny (DICOMDIR) -> disc image"]
+    for case in by_case["media service"]:
+        assert case["ours"]["error"] is None, case
+        assert case["ours"]["median_seconds"] > 0 and case["ours"]["max_peak_rss"] > 0
+    assert results["peak_rss_by_process"]["media service"] > 0
     assert results["peak_rss_ours"] > 0
     assert results["tools"]["dcmtk storescu"]
     assert results["machine"]["cores"] >= 1
