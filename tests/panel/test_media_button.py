@@ -103,6 +103,9 @@ def test_short_press_burns_the_waiting_job_long_press_cancels(setup, tmp_path, m
     cfg, state, media, svc = setup
     led = MediaLed(svc)
     port = load(cfg).media.port
+    # The panel's first reading, before anything is sent: nothing waiting.
+    wait_until(lambda: led.seen, what="the panel's first reading")
+    assert led.seen == ["off"], led.seen
 
     send_study(cfg, tmp_path / "study1", port)
     first = wait_until(lambda: [j for j, s in job_states(state).items() if s == "ready"],
