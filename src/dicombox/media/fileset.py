@@ -48,6 +48,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from .. import memory
 from ..store.fsutil import fsync_dir
 from . import pdi
 from . import profiles as _profiles
@@ -298,6 +299,7 @@ def _prepare(instances: Sequence[SourceInstance], directory: Directory, profile:
     outside = 0
     for index, src in enumerate(instances):
         check_cancel(cancel)
+        memory.release_every(index)
         if src.sop_instance_uid in seen:
             LOGGER.info("instance %s is twice in the job; written once", src.sop_instance_uid)
             continue
@@ -406,6 +408,7 @@ def _build(instances: Sequence[SourceInstance], out_dir: Path, partial: Path, fs
     converted = 0
     folder = None
     for i, (index, rel, convert) in enumerate(placed):
+        memory.release_every(i)
         src = instances[index]
         dst = partial / rel
         try:

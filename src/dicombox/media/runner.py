@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from .. import memory
 from ..lifecycle import Worker
 from ..store.fsutil import fsync_dir
 from . import jobs as J
@@ -466,6 +467,7 @@ class JobRunner(Worker):
             except Exception:  # noqa: BLE001 - the index itself fails: the pause holds
                 LOGGER.exception("cannot record the failure of job %s", execution.job_id)
         finally:
+            memory.release()
             self.medium.stale = True
             self._probe_due = 0.0
             self._publish(force=True)
@@ -580,6 +582,8 @@ class JobRunner(Worker):
             LOGGER.info("job %s: resuming from %s", job_id, job["state"])
             self.jobs.update(job_id, f"resuming from {job['state']} after a restart")
         while True:
+            # What the previous step freed goes back to the system (memory.py).
+            memory.release()
             if execution.cancel.is_set():
                 raise JobInterrupted(execution.reason)
             job = self.jobs.job(job_id)
