@@ -221,6 +221,18 @@ def referenced_files(root: Path) -> list[str]:
     return out
 
 
+def files_by_uid(root: Path) -> dict[str, str]:
+    """SOP Instance UID -> Referenced File ID (relative path with /), from the DICOMDIR."""
+    ds = dcmread(Path(root) / "DICOMDIR")
+    out = {}
+    for rec in ds.DirectoryRecordSequence:
+        if "ReferencedFileID" in rec:
+            value = rec.ReferencedFileID
+            parts = [value] if isinstance(value, str) else list(value)
+            out[str(rec.ReferencedSOPInstanceUIDInFile)] = "/".join(parts)
+    return out
+
+
 def check_file_ids(root: Path) -> None:
     for rel in referenced_files(root):
         parts = rel.split("/")

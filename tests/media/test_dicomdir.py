@@ -64,8 +64,11 @@ def test_the_dicomdir_is_pydicoms_encoding_of_its_tree(tmp_path):
     kinds = [r.DirectoryRecordType for r in records]
     assert kinds.count("PATIENT") == 2 and kinds.count("PALETTE") == 1
     assert kinds.count("IMAGE") == 9 and kinds.count("SR DOCUMENT") == 1
-    assert sorted(K.referenced_files(tmp_path / "fs")) == sorted(result.instance_files.values())
-    [palette] = [rel for rel in result.instance_files.values() if rel.startswith("PA")]
+    by_uid = K.files_by_uid(tmp_path / "fs")
+    assert set(by_uid) == {i.sop_instance_uid for i in instances}
+    assert result.instances == len(instances)
+    assert all((tmp_path / "fs" / rel).is_file() for rel in by_uid.values())
+    [palette] = [rel for rel in by_uid.values() if rel.startswith("PA")]
     assert "/" not in palette     # a root record, numbered among the PATIENT records
 
 

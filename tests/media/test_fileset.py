@@ -70,7 +70,7 @@ def test_cd_fileset_passes_dicom3tools_and_dcmtk(job, tmp_path):
 def test_cd_profile_decompresses_and_keeps_uids_and_pixels(job, tmp_path):
     files, instances = job
     result = build(instances, tmp_path / "fs")
-    by_uid = result.instance_files
+    by_uid = K.files_by_uid(tmp_path / "fs")
     for src in files["de"]:
         ds_src = dcmread(src)
         out = dcmread(tmp_path / "fs" / by_uid[str(ds_src.SOPInstanceUID)])
@@ -93,7 +93,7 @@ def test_usb_profile_keeps_jpeg_lossless_as_received(job, tmp_path):
     K.check_dicomdir(root)
     for src in files["de"]:
         uid = str(dcmread(src, stop_before_pixels=True).SOPInstanceUID)
-        out = root / result.instance_files[uid]
+        out = root / K.files_by_uid(root)[uid]
         assert K.sha256(out) == K.sha256(src)
         assert dcmread(out, stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEG_LOSSLESS
     # The DICOMDIR says which syntax each file is in.
@@ -115,11 +115,12 @@ def test_every_stored_syntax_reaches_the_cd_profile(tmp_path, kind, kept_on_usb)
     stored = [datagen.compress(p, tmp_path / kind / p.name, kind) for p in plain]
     instances = [K.source(p) for p in stored]
     cd = build(instances, tmp_path / "cd")
+    by_uid = K.files_by_uid(tmp_path / "cd")
     assert cd.converted == 2
     K.check_dicomdir(tmp_path / "cd")
     for src in stored:
         original = dcmread(src)
-        out = dcmread(tmp_path / "cd" / cd.instance_files[str(original.SOPInstanceUID)])
+        out = dcmread(tmp_path / "cd" / by_uid[str(original.SOPInstanceUID)])
         assert out.file_meta.TransferSyntaxUID == EXPLICIT_LE
         assert np.array_equal(out.pixel_array, original.pixel_array)
         if kind == "jpeg-baseline":
@@ -147,8 +148,8 @@ def test_what_cannot_be_decoded_is_written_as_received(tmp_path):
     inst = K.source(path)
     result = build([inst], tmp_path / "fs")
     assert result.converted == 0 and result.outside_profile == 1
-    assert K.tree_checksums(tmp_path / "fs")[result.instance_files[inst.sop_instance_uid]] \
-        == inst.sha256
+    [rel] = K.files_by_uid(tmp_path / "fs").values()
+    assert K.tree_checksums(tmp_path / "fs")[rel] == inst.sha256
     K.check_dicomdir(tmp_path / "fs")
 
 

@@ -129,8 +129,10 @@ def test_a_job_spans_small_discs_each_a_complete_fileset(tmp_path, loop_device):
         result = build_fileset(volume, fs, fileset_id=f"20260101-0001-{n}",
                                profile="STD-GEN-CD", label=K.label(n, len(volumes)))
         K.check_dicomdir(fs)
-        refs = set(K.referenced_files(fs))
-        assert refs == {result.instance_files[u] for u in uids(volume)}
+        by_uid = K.files_by_uid(fs)
+        assert set(by_uid) == set(uids(volume))
+        assert result.instances == len(volume)
+        refs = set(by_uid.values())
         assert {str(dcmread(fs / r, stop_before_pixels=True).SOPInstanceUID)
                 for r in refs} == set(uids(volume))
         text = f"Disc {n} of {len(volumes)}"

@@ -112,7 +112,6 @@ class FileSetResult:
     outside_profile: int = 0    # kept as received although the profile does not allow it
     patients: int = 0
     studies: int = 0
-    instance_files: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> path
 
 
 def size_on_medium(instance: SourceInstance, profile: str | Profile) -> int:
@@ -404,7 +403,6 @@ def _build(instances: Sequence[SourceInstance], out_dir: Path, partial: Path, fs
     meter = Meter(sum(instances[index].size for index, _, _ in placed), progress, cancel)
     # Each slot of ``placed`` becomes the file's manifest line as it is written.
     files: list = placed
-    by_uid: dict[str, str] = {}
     converted = 0
     folder = None
     for i, (index, rel, convert) in enumerate(placed):
@@ -420,7 +418,6 @@ def _build(instances: Sequence[SourceInstance], out_dir: Path, partial: Path, fs
             raise MediaError("build-failed", f"cannot write {rel}: {exc.strerror}") from exc
         converted += convert
         files[i] = (rel, sha, size)
-        by_uid[src.sop_instance_uid] = rel
     count = len(files)
     media = prof.media
     plist = list(patients.values())
@@ -441,4 +438,4 @@ def _build(instances: Sequence[SourceInstance], out_dir: Path, partial: Path, fs
         files=files, total_bytes=sum(size for _, _, size in files), profile=prof.name,
         fileset_id=fsid, instances=count, converted=converted,
         outside_profile=outside, patients=len(plist),
-        studies=sum(len(p.studies) for p in plist), instance_files=by_uid)
+        studies=sum(len(p.studies) for p in plist))
