@@ -203,7 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommand(argv: list[str]) -> str:
+    """The sub-command named in ``argv`` (skipping ``--config PATH``), or ""."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return ""
+
+
 def main(argv=None) -> int:
+    if argv is None and subcommand(sys.argv[1:]) == "serve":
+        # A service process: numpy is blocked before anything imports pydicom
+        # (conversions run in the transcoder's worker; see transcoder.py).
+        from .transcoder import without_numpy
+
+        without_numpy()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

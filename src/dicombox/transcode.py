@@ -157,20 +157,27 @@ def _tag_bytes(group: int, element: int) -> bytes:
 
 
 def convert(src: Path, target: str, tmp_dir: Path, policy: Policy = Policy(),
-            implementation: tuple[str, str] | None = None) -> Converted:
+            implementation: tuple[str, str] | None = None, out: Path | None = None
+            ) -> Converted:
     """Write ``src`` converted to ``target`` into a new file in ``tmp_dir``.
 
     Raises :class:`TranscodeError` when the matrix forbids the conversion or
     the data cannot be decoded or encoded, ``OSError`` on I/O problems (which
     a retry may cure).  ``implementation`` is (class UID, version name) for
-    the file meta information.
+    the file meta information.  ``out``: an existing file in ``tmp_dir`` to
+    write instead of a new one (removed too when the conversion fails).
+    The services call this through :mod:`dicombox.transcoder` (a worker
+    process), never in their own process.
     """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     src = Path(src)
-    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="convert-", suffix=".dcm")
-    out = Path(name)
+    if out is None:
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="convert-", suffix=".dcm")
+        out = Path(name)
+    else:
+        fd = os.open(out, os.O_WRONLY | os.O_TRUNC)
     try:
         with os.fdopen(fd, "wb") as fp, open(src, "rb") as f:
             try:

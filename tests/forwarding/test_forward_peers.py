@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fwdkit import (
@@ -278,17 +280,24 @@ def test_forwarding_a_large_instance_does_not_hold_it_in_memory(box, netns, peer
                                            offer_stored=False)],
                  forwarding={"default_destinations": ["plain", "jls"], **FAST})
     send_as_stored(netns, router_port(router), [big])
-    proc = psutil.Process(router.pid)
-    procs = [proc, *proc.children(recursive=True)]
-    base = max(p.memory_info().rss for p in procs)
-    peak, done = [base], threading.Event()
+    top = psutil.Process(router.pid)
+    [service] = [p for p in [top, *top.children(recursive=True)] if "serve" in p.cmdline()]
+    base = service.memory_info().rss
+    peak: dict[str, int] = {}
+    mapped: dict[str, set[str]] = {}
+    done = threading.Event()
 
     def sample():
         while not done.is_set():
-            try:
-                peak.append(max(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
+            for p in [service, *service.children(recursive=True)]:
+                try:
+                    role = "worker" if "dicombox.transcoder" in p.cmdline() else "service"
+                    peak[role] = max(peak.get(role, 0), p.memory_info().rss)
+                    maps = Path(f"/proc/{p.pid}/maps").read_text()
+                    mapped.setdefault(role, set()).update(
+                        line.split()[-1] for line in maps.splitlines() if "numpy" in line)
+                except (psutil.Error, OSError):
+                    pass
             done.wait(0.01)
 
     sampler = threading.Thread(target=sample)
@@ -301,8 +310,15 @@ def test_forwarding_a_large_instance_does_not_hold_it_in_memory(box, netns, peer
     finally:
         done.set()
         sampler.join()
-    growth = max(peak) - base
+    growth = peak["service"] - base
     assert growth < size / 4, f"router grew by {growth >> 20} MB sending {size >> 20} MB"
+    # The conversion ran in the transcoder's worker, itself bounded; the
+    # service never loaded numpy.
+    assert peak["worker"] < 64 * 2**20 + size / 4, f"worker peak {peak['worker'] >> 20} MB"
+    assert not mapped["service"], sorted(mapped["service"])[:3]
+    assert mapped["worker"]
+    print(f"service {base >> 20} -> {peak['service'] >> 20} MB, "
+          f"worker {peak['worker'] >> 20} MB")
     got = dcmread(plain.files()[0], defer_size=1024)
     assert got.SOPInstanceUID == sop_uid(big)
     rows = {r["destination"]: r for r in queue_rows(tmp_path / "state")}

@@ -1,10 +1,11 @@
 """Rewrite an instance in the transfer syntax a media profile requires.
 
 Only ever towards Explicit VR Little Endian (see :mod:`.profiles`), with the
-box's own transcoder (:mod:`dicombox.transcode`, the router's): compressed
-pixel data is decoded one frame at a time and Implicit VR or Deflated
-encodings are re-encoded, so memory stays at one frame whatever the size of
-the instance.  UIDs are kept: the file on the medium is the same instance.
+box's own transcoder (:mod:`dicombox.transcode`, the router's, run by a
+worker process: :mod:`dicombox.transcoder`): compressed pixel data is decoded
+one frame at a time and Implicit VR or Deflated encodings are re-encoded, so
+memory stays at one frame whatever the size of the instance.  UIDs are
+kept: the file on the medium is the same instance.
 
 An image the modality sent lossy (JPEG baseline, say) is decoded too when
 the profile has no room for its syntax (a CD): its Lossy Image Compression
@@ -23,12 +24,12 @@ from .errors import MediaError
 
 def convert_to_explicit_le(src: Path, dst: Path) -> None:
     """Write ``src`` as Explicit VR Little Endian to ``dst`` (same directory for the temp)."""
-    from .. import transcode
+    from .. import transcode, transcoder
     from ..dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
     src, dst = Path(src), Path(dst)
     try:
-        converted = transcode.convert(
+        converted = transcoder.convert(
             src, transcode.EXPLICIT_LE, dst.parent, transcode.Policy(decompress_lossy=True),
             implementation=(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME))
     except transcode.TranscodeError as exc:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import transcode
+from .. import transcode, transcoder
 from ..dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ..dimse import status as st
 from ..uids import STORAGE_BY_UID, TS_BY_UID
@@ -219,7 +219,7 @@ class Session:
         try:
             if ts != item.transfer_syntax_uid:
                 try:
-                    converted = transcode.convert(
+                    converted = transcoder.convert(
                         path, ts, self.tmp_dir, self.policy,
                         (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME))
                 except transcode.TranscodeError as exc:
