@@ -17,6 +17,10 @@ worker: ``python -m dicombox.transcoder``, started on first use, which runs
 - A worker that dies during a conversion (a codec crash, the kernel's OOM
   killer) fails that conversion with a :class:`~dicombox.transcode.TranscodeError`
   naming the signal; the next conversion starts a fresh worker.
+- A conversion that takes longer than :data:`TIMEOUT_BASE` seconds plus
+  :data:`TIMEOUT_PER_MB` per megabyte of the source (a codec looping on
+  crafted data) has its worker killed and fails the same way: it never
+  holds a sender or a media job forever.
 - The parent creates the output file and removes it on any failure, so a
   killed worker leaves nothing behind; a worker whose parent dies reads the
   end of its pipe and exits.
@@ -31,6 +35,7 @@ import atexit
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -46,6 +51,10 @@ LOGGER = logging.getLogger("dicombox.transcoder")
 
 MAX_WORKERS = 2
 IDLE_SECONDS = 60.0
+#: A conversion's time limit: base + per MB of the source (a Pi decodes JPEG
+#: lossless at some 10-20 MB/s; these leave a wide margin).
+TIMEOUT_BASE = 120.0
+TIMEOUT_PER_MB = 1.0
 
 
 def without_numpy() -> None:
@@ -64,11 +73,16 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         self.idle_since = time.monotonic()
 
-    def request(self, message: dict) -> dict:
+    def request(self, message: dict, timeout: float) -> dict:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps(message).encode() + b"\n")
             self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                self.proc.kill()
+                self.proc.wait()
+                raise _WorkerDied(f"was stopped after {timeout:.0f} s")
             line = self.proc.stdout.readline()
         except (BrokenPipeError, ConnectionResetError):
             line = b""
@@ -114,9 +128,12 @@ class _WorkerDied(Exception):
 class Transcoder:
     """A small pool of conversion workers (see the module's description)."""
 
-    def __init__(self, max_workers: int = MAX_WORKERS, idle_seconds: float = IDLE_SECONDS):
+    def __init__(self, max_workers: int = MAX_WORKERS, idle_seconds: float = IDLE_SECONDS,
+                 timeout_base: float = TIMEOUT_BASE, timeout_per_mb: float = TIMEOUT_PER_MB):
         self.max_workers = max_workers
         self.idle_seconds = idle_seconds
+        self.timeout_base = timeout_base
+        self.timeout_per_mb = timeout_per_mb
         self._cond = threading.Condition()
         self._idle: list[_Worker] = []
         self._busy = 0
@@ -151,9 +168,14 @@ class Transcoder:
             raise
 
     def _run(self, message: dict, src: Path) -> dict:
+        try:
+            size = src.stat().st_size
+        except OSError:
+            size = 0            # the worker reports the missing file
+        timeout = self.timeout_base + self.timeout_per_mb * size / 1e6
         worker = self._acquire()
         try:
-            reply = worker.request(message)
+            reply = worker.request(message, timeout)
         except _WorkerDied as exc:
             self._release(worker, dead=True)
             LOGGER.error("the transcoder %s while converting %s", exc, src.name)

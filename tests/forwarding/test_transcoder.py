@@ -109,6 +109,25 @@ def test_a_killed_worker_fails_its_conversion_only(pool, tmp_path):
     assert pool.started == 2
 
 
+def test_a_conversion_over_its_time_limit_is_stopped(tmp_path):
+    big = tmp_path / "big.dcm"
+    multiframe(big, 96, 512, 512)
+    rle = tc.convert(big, tc.RLE, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    pool = Transcoder(timeout_base=0.0, timeout_per_mb=0.0001)   # a few microseconds
+    try:
+        with pytest.raises(tc.TranscodeError, match=r"transcoder was stopped after \d+ s"):
+            pool.convert(rle.path, tc.EXPLICIT_LE, out)
+        assert list(out.iterdir()) == []
+        assert pool.workers() == 0
+        pool.timeout_per_mb = 1.0
+        assert pool.convert(rle.path, tc.EXPLICIT_LE, out).path.exists()
+        assert pool.started == 2
+    finally:
+        pool.close()
+
+
 def test_idle_workers_stop_and_a_dead_idle_one_is_replaced(jpeg, tmp_path):
     pool = Transcoder(max_workers=1, idle_seconds=0.3)
     try:
