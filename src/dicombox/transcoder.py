@@ -156,15 +156,9 @@ class Transcoder:
             reply = self._run(message, src)
             if "error" in reply:
                 raise _rebuild_error(reply)
-            ok = reply["ok"]
-            return Converted(path=Path(ok["path"]), transfer_syntax_uid=ok["transfer_syntax_uid"],
-                             sop_instance_uid=ok["sop_instance_uid"], new_uid=ok["new_uid"],
-                             ratio=ok["ratio"])
+            return Converted(**{**reply["ok"], "path": out})
         except BaseException:
-            try:
-                os.unlink(out)
-            except FileNotFoundError:
-                pass
+            out.unlink(missing_ok=True)
             raise
 
     def _run(self, message: dict, src: Path) -> dict:
@@ -302,10 +296,7 @@ def _serve(requests, replies) -> None:
                 Policy(**message["policy"]),
                 tuple(message["implementation"]) if message["implementation"] else None,
                 out=Path(message["out"]))
-            reply = {"ok": {"path": str(converted.path),
-                            "transfer_syntax_uid": converted.transfer_syntax_uid,
-                            "sop_instance_uid": converted.sop_instance_uid,
-                            "new_uid": converted.new_uid, "ratio": converted.ratio}}
+            reply = {"ok": {**asdict(converted), "path": str(converted.path)}}
         except TranscodeError as exc:
             reply = {"error": "transcode", "message": str(exc)}
         except OSError as exc:
