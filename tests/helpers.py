@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,20 +28,28 @@ def require(*tools):
         pytest.fail(f"missing test peers: {', '.join(missing)} (run scripts/install-peers.sh)")
 
 
+#: Ports are picked below the kernel's ephemeral range (32768-60999 by
+#: default), where no outgoing connection can take one between the probe
+#: and the moment the service under test binds it.
+PORT_RANGE = (20000, 32767)
 _HANDED_OUT: set[int] = set()
+_RANDOM = random.SystemRandom()  # unaffected by any seed a test sets
 
 
 def free_port() -> int:
-    """A free loopback port, never one this process handed out before: the
-    kernel may offer a port again as soon as its probe socket is closed, and
-    one configuration asks for several ports in a row."""
+    """A free loopback port, never one this process handed out before (one
+    configuration asks for several ports in a row)."""
     while True:
+        port = _RANDOM.randint(*PORT_RANGE)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def dcmtk_env() -> dict:
