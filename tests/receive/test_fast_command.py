@@ -81,6 +81,7 @@ class SCP:
         self.answer = answer
         self.requests: list[dict] = []
         self.fast: list[bool] = []
+        self.threads: list[threading.Thread] = []
         self.ae = reactor.FastAE(ae_title="DICOMBOX")
         self.ae.maximum_pdu_size = max_pdu
         self.ae.network_timeout = 30
@@ -96,6 +97,7 @@ class SCP:
         req = event.request
         self.requests.append(snapshot(req))
         self.fast.append(isinstance(req, reactor._ReceivedStore))
+        self.threads.append(threading.current_thread())
         writer = receive.writer_for(req._dataset_path)
         if writer is not None:
             writer.close()
@@ -175,6 +177,10 @@ def test_storescu_requests_decode_as_pynetdicom_decodes_them(scp, files):
     assert fast.fast == [True] * len(files)
     assert fast.requests == ref.requests
     assert fast.records == ref.records == []
+    # Served on the DUL thread that received them, with no hand-over to the
+    # association thread and back; the reference's go through that thread.
+    assert all(isinstance(t, reactor.FastDUL) for t in fast.threads)
+    assert not any(isinstance(t, reactor.FastDUL) for t in ref.threads)
 
 
 def test_dcmsend_requests_decode_as_pynetdicom_decodes_them(scp, files):
@@ -559,3 +565,53 @@ def test_other_answers_are_sent_as_pynetdicom_sends_them(scp, answer):
         outcomes.append((got, server.requests, [r[:2] for r in server.records]))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0][0][0] == 0x04
+
+
+def _responded_to(pdu: tuple[int, bytes]) -> int:
+    """Message ID Being Responded To (0000,0120) of a response's command PDV."""
+    kind, body = pdu
+    assert kind == 0x04
+    data, offset = body[6:], 0
+    while offset < len(data):
+        _group, element, length = struct.unpack_from("<HHI", data, offset)
+        if element == 0x0120:
+            return struct.unpack_from("<H", data, offset + 8)[0]
+        offset += 8 + length
+    raise AssertionError("no Message ID Being Responded To")
+
+
+def test_store_waits_for_the_message_the_association_thread_serves(scp):
+    """A C-STORE completed while the association thread still serves an
+    earlier request is not served ahead of it: the answers keep the order of
+    the requests."""
+    server = scp()
+    serving, release = threading.Event(), threading.Event()
+
+    def on_echo(event):
+        serving.set()
+        release.wait(30)
+        return 0x0000
+
+    server.server.bind(evt.EVT_C_ECHO, on_echo)
+    echo = command([(0x0002, VERIFICATION.encode() + b"\0"), (0x0100, _us(0x0030)),
+                    (0x0110, _us(1)), (0x0800, _us(0x0101))])
+    store = command(store_rq())  # Message ID 5
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(_associate_rq([(1, SC), (5, VERIFICATION)]))
+        assert _read_pdu(sock)[0] == 0x02
+        sock.sendall(_pdu(0x04, struct.pack(">IB", len(echo) + 2, 5) + b"\x03" + echo))
+        assert serving.wait(30)
+        sock.sendall(_pdu(0x04, struct.pack(">IB", len(store) + 2, 1) + b"\x03" + store
+                          + struct.pack(">IB", len(DATA) + 2, 1) + b"\x02" + DATA))
+        # The store is complete and waits in the queue; give a wrongly eager
+        # DUL thread the time to serve it.
+        waited = threading.Event()
+        waited.wait(0.5)
+        assert server.requests == []
+        release.set()
+        answers = [_read_pdu(sock), _read_pdu(sock)]
+        sock.sendall(_pdu(0x05, bytes(4)))
+        assert _read_pdu(sock)[0] == 0x06
+    assert [_responded_to(a) for a in answers] == [1, 5]
+    assert server.fast == [True]
+    assert not isinstance(server.threads[0], reactor.FastDUL)

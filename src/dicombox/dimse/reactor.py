@@ -24,6 +24,12 @@ exact version: :func:`supported` refuses any other version, and
 server (slower, same behaviour).  This module touches no pynetdicom global:
 only the listener's own associations use these classes.
 
+A plain C-STORE request is also served on the DUL thread that received its
+last fragment (:meth:`FastAssociation._serve_inline`) whenever the
+association thread holds no other message: the request is not handed to that
+thread, nor its response back, which cost two thread wake-ups per instance.
+Requests are still answered in the order they came.
+
 Reading a PDU also goes through :meth:`FastSocket.recv`, which fills one
 buffer with ``recv_into`` instead of concatenating 4 KiB reads; the PDVs of
 a P-DATA-TF are handed on as views of that buffer (:class:`_ReceivedPData`)
@@ -151,6 +157,21 @@ class _NotifyingQueue(queue.Queue):
         super().put(item, block, timeout)
         if threading.get_ident() != self._owner():
             self._notify()
+
+
+class _MessageQueue(_NotifyingQueue):
+    """The DIMSE message queue of a :class:`FastAssociation`: a plain C-STORE
+    request completed on the DUL thread may be served right there
+    (:meth:`FastAssociation._serve_inline`) instead of being queued for the
+    association thread."""
+
+    def __init__(self, assoc: FastAssociation):
+        super().__init__(assoc._wake.set, lambda: None)
+        self._assoc = assoc
+
+    def put(self, item, block=True, timeout=None):
+        if not self._assoc._serve_inline(item):
+            super().put(item, block, timeout)
 
 
 class FastSocket(AssociationSocket):
@@ -752,7 +773,11 @@ class FastAssociation(Association):
         self._wake = threading.Event()
         self.dul = FastDUL(self)
         self.dimse = FastDIMSE(self)
-        self.dimse.msg_queue = _NotifyingQueue(self._wake.set, lambda: None)
+        self.dimse.msg_queue = _MessageQueue(self)
+        # Whether the association thread holds a message it took from the
+        # queue (guarded by _serve_lock, with the taking itself).
+        self._serving = False
+        self._serve_lock = threading.Lock()
         # The timeouts were applied to the timers of the DUL just replaced.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
@@ -765,18 +790,8 @@ class FastAssociation(Association):
     def _serve_request(self, msg, context_id: int) -> None:
         """pynetdicom 3.0.4's ``_serve_request``, with a :class:`_ReceivedStore`
         that goes to the Storage Service Class served by :class:`_PlainStorage`."""
-        if type(msg) is not _ReceivedStore or self._sent_release or not msg.is_valid_request:
-            super()._serve_request(msg, context_id)
-            return
-        class_uid = msg.AffectedSOPClassUID
-        try:
-            class_uid = self.acceptor.accepted_common_extended[class_uid][0]
-        except KeyError:
-            pass
-        if _config.UNRESTRICTED_STORAGE_SERVICE:
-            class_uid = "1.2.840.10008.5.1.4.1.1.1"
-        context = self._accepted_cx.get(context_id)
-        if context is None or uid_to_service_class(class_uid) is not StorageServiceClass:
+        context = self._plain_storage_context(msg, context_id)
+        if context is None:
             super()._serve_request(msg, context_id)
             return
         try:
@@ -788,6 +803,53 @@ class FastAssociation(Association):
         except Exception as exc:
             ASSOC_LOGGER.exception(exc)
             self.abort()
+
+    def _plain_storage_context(self, msg, context_id: int):
+        """The accepted presentation context of a :class:`_ReceivedStore` that
+        the Storage Service Class serves, or ``None`` (pynetdicom's business)."""
+        if type(msg) is not _ReceivedStore or self._sent_release or not msg.is_valid_request:
+            return None
+        class_uid = msg.AffectedSOPClassUID
+        try:
+            class_uid = self.acceptor.accepted_common_extended[class_uid][0]
+        except KeyError:
+            pass
+        if _config.UNRESTRICTED_STORAGE_SERVICE:
+            class_uid = "1.2.840.10008.5.1.4.1.1.1"
+        context = self._accepted_cx.get(context_id)
+        if context is None or uid_to_service_class(class_uid) is not StorageServiceClass:
+            return None
+        return context
+
+    def _serve_inline(self, item) -> bool:
+        """Serve a plain C-STORE request on the DUL thread that completed it.
+
+        Handing each request to the association thread and its response back
+        to the DUL thread cost two thread wake-ups per instance, a fifth of
+        the time a small instance spends in the box.  This is done only when
+        the association thread holds no message, queued or being served, so
+        requests are still answered in the order they came; anything else
+        goes to the queue as before.  The handler's outcome is answered
+        exactly as on the association thread; an error past the handler
+        aborts the association without waiting (the DUL thread cannot wait
+        for itself).
+        """
+        context_id, msg = item
+        if type(msg) is not _ReceivedStore or threading.current_thread() is not self.dul \
+                or not self.is_established or self._kill:
+            return False
+        with self._serve_lock:
+            if self._serving or self.dimse.msg_queue.qsize():
+                return False
+        context = self._plain_storage_context(msg, context_id)
+        if context is None:
+            return False
+        try:
+            _PlainStorage(self).SCP(msg, context)
+        except Exception as exc:
+            ASSOC_LOGGER.exception(exc)
+            self.abort(block=False)
+        return True
 
     def _wait_timeout(self) -> float:
         idle = self.dul._idle_timer
@@ -809,10 +871,14 @@ class FastAssociation(Association):
             self._reactor_checkpoint.wait()
             self._is_paused = False
 
-            context_id, msg = self.dimse.get_msg(block=False)
-            busy = msg is not None
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
+            with self._serve_lock:
+                context_id, msg = self.dimse.get_msg(block=False)
+                self._serving = busy = msg is not None
+            try:
+                if msg:
+                    self._serve_request(msg, cast(int, context_id))
+            finally:
+                self._serving = False
 
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
