@@ -615,3 +615,25 @@ def test_store_waits_for_the_message_the_association_thread_serves(scp):
     assert [_responded_to(a) for a in answers] == [1, 5]
     assert server.fast == [True]
     assert not isinstance(server.threads[0], reactor.FastDUL)
+
+
+def test_store_slower_than_the_network_timeout_is_answered(scp, tmp_path):
+    """The network timeout counts the peer's silence, not the time the box
+    takes to store what the peer sent: a store that takes longer is answered,
+    and the association goes on."""
+    require("storescu")
+    server = scp()
+    server.ae.network_timeout = 1
+    record = server._on_store
+
+    def slow(event):
+        threading.Event().wait(2.5)
+        return record(event)
+
+    server.server.bind(evt.EVT_C_STORE, slow)
+    files = tiny_instances(tmp_path / "slow", 2)
+    r = dcmtk("storescu", "-aet", "MODALITY", "-aec", "DICOMBOX", "127.0.0.1", server.port,
+              *files, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert server.fast == [True, True]
+    assert all(isinstance(t, reactor.FastDUL) for t in server.threads)

@@ -778,6 +778,7 @@ class FastAssociation(Association):
         # queue (guarded by _serve_lock, with the taking itself).
         self._serving = False
         self._serve_lock = threading.Lock()
+        self._serving_inline = False
         # The timeouts were applied to the timers of the DUL just replaced.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
@@ -844,11 +845,18 @@ class FastAssociation(Association):
         context = self._plain_storage_context(msg, context_id)
         if context is None:
             return False
+        # The peer waits for this answer, it is not idle: the association
+        # thread leaves the network timer alone meanwhile, and it starts again
+        # once the answer is on its way.
+        self._serving_inline = True
         try:
             _PlainStorage(self).SCP(msg, context)
         except Exception as exc:
             ASSOC_LOGGER.exception(exc)
             self.abort(block=False)
+        finally:
+            self._serving_inline = False
+            self.dul._idle_timer.restart()
         return True
 
     def _wait_timeout(self) -> float:
@@ -905,7 +913,7 @@ class FastAssociation(Association):
                 self.kill()
                 return
 
-            if self.dul.idle_timer_expired():
+            if self.dul.idle_timer_expired() and not self._serving_inline:
                 ASSOC_LOGGER.error("Network timeout reached")
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True
