@@ -885,6 +885,8 @@ class FastAssociation(Association):
             try:
                 if msg:
                     self._serve_request(msg, cast(int, context_id))
+                    # The peer waited for this answer; it was not idle.
+                    self.dul._idle_timer.restart()
             finally:
                 self._serving = False
 
