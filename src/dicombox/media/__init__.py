@@ -12,6 +12,7 @@ stick or image, one blocking step at a time:
         path: Path; sop_instance_uid: str; sop_class_uid: str
         study_instance_uid: str; series_instance_uid: str; patient_id: str
         transfer_syntax_uid: str; size: int; sha256: str
+        key: int | None = None   # the caller's handle (the service: its row id)
 
     @dataclass(frozen=True)
     class MediaLabel:            # "Disc 1 of 3" in README.TXT and INDEX.HTM
@@ -19,11 +20,16 @@ stick or image, one blocking step at a time:
         institution: str; created: datetime
 
     def build_fileset(instances, out_dir, *, fileset_id, profile, label,
-                      progress=None, cancel=None, replace=False) -> FileSetResult
+                      progress=None, cancel=None, replace=False,
+                      manifest=None, current=None) -> FileSetResult
         # DICOMDIR + DICOM files + README.TXT + INDEX.HTM + IHE_PDI/ under out_dir
-        # (built in out_dir.partial, renamed when complete and synced).
-        # FileSetResult: files [(relative path, sha256, size)], total_bytes,
-        # profile, fileset_id, instances, converted, patients, studies.
+        # (built in out_dir.partial, renamed when complete and synced); instances
+        # read once, nothing kept per instance in memory.  manifest(path, sha256,
+        # size) receives each file's line as it is written; current(instance)
+        # gives an instance as the spool holds it when its file is copied.
+        # FileSetResult: files [(relative path, sha256, size)] (None with
+        # manifest), total_bytes, profile, fileset_id, instances, converted,
+        # patients, studies.
     def size_on_medium(instance, profile) -> int     # for spanning when decoding
     def fileset_id_from(text) -> str                 # a valid File-set ID
 

@@ -90,6 +90,39 @@ def copy_file(src: Path, dst: Path, meter: Meter | None = None,
     return h.hexdigest(), size
 
 
+def remove_tree(root: Path, ignore_errors: bool = False) -> None:
+    """Remove ``root`` and everything under it, like ``shutil.rmtree``.
+
+    ``shutil.rmtree`` lists each directory whole before it removes what is
+    in it (some 150 bytes an entry); here each file is unlinked as the
+    directory listing reaches it, and only the directories still to empty
+    are remembered.  A missing ``root`` is not an error.
+    """
+    pending: list[tuple[Path, bool]] = [(Path(root), False)]
+    while pending:
+        folder, emptied = pending.pop()
+        try:
+            if emptied:
+                os.rmdir(folder)
+                continue
+            below = []
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        below.append(Path(entry.path))
+                    else:
+                        os.unlink(entry.path)
+            pending.append((folder, True))
+            pending.extend((d, False) for d in below)
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            os.unlink(folder)
+        except OSError:
+            if not ignore_errors:
+                raise
+
+
 class HashSink:
     """A write-only file object that hashes and counts what it is given."""
 
