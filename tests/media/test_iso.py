@@ -79,6 +79,22 @@ def test_verify_iso_compares_with_the_manifest(built, tmp_path):
     assert err.value.kind == "verify-failed"
 
 
+def test_verify_iso_takes_a_line_listed_twice_at_its_last_value(built, tmp_path):
+    tmp, _, result, _, _ = built
+    image = tmp / "disc.iso"
+    rel, sha, size = result.files[0]
+    verify_iso(image, [(rel, "0" * 64, size), *result.files])
+    with pytest.raises(MediaError) as err:
+        verify_iso(image, [*result.files, (rel, "0" * 64, size)])
+    assert err.value.kind == "verify-failed" and f"{rel} differs" in str(err.value)
+    # The first missing file in the manifest's order is named, with how many more.
+    with pytest.raises(MediaError) as err:
+        verify_iso(image, [("B/GONE", "0" * 64, 1), *result.files, ("A/GONE", "0" * 64, 1)])
+    assert str(err.value) == "B/GONE is missing from the image (and 1 more)"
+    # Nothing is left next to the image.
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []
+
+
 def test_names_that_are_not_level1_are_refused(tmp_path):
     (tmp_path / "fs").mkdir()
     (tmp_path / "fs" / "readme.txt").write_text("lower case")

@@ -1,9 +1,11 @@
 """Media jobs: the state machine as data, grouping, closing, volumes, commands, release."""
 
+import dataclasses
 import shutil
 import sqlite3
 
 import pytest
+from pydicom import dcmread
 
 from dicombox.media import jobs as J
 from dicombox.media.jobs import Group, JobStore
@@ -247,6 +249,12 @@ def test_job_sources_read_a_volume_from_the_index_in_one_order(tmp_path, store, 
     assert {s.sop_instance_uid for s in listed} == \
         {r["sop_instance_uid"] for r in jobs.instances(job, volume=1)}
     assert all(s.path.is_file() for s in listed)
+    # The builder asks for each instance again before it copies its file.
+    keyed = dataclasses.replace(listed[0], key=ids[0])
+    with store.db.write() as conn:
+        conn.execute("UPDATE media_job_instances SET path = 'jobs/x/keep/a.dcm' "
+                     "WHERE instance_id = ?", (ids[0],))
+    assert first.current(keyed).path == store.root / "jobs/x/keep/a.dcm"
     with store.db.write() as conn:
         conn.execute("DELETE FROM media_job_instances WHERE instance_id = ?", (ids[0],))
     with pytest.raises(MediaError, match="left job"):
@@ -270,3 +278,66 @@ def test_job_counts_follow_new_and_resent_instances(tmp_path, store, jobs):
     j = jobs.job(job)
     assert (j["instances"], j["bytes"]) == (3, sum(r["size"] for r in rows))
     assert j["bytes"] > sum(sizes.values())
+
+
+def _source(store, row):
+    from dicombox.media.fileset import SourceInstance
+    return SourceInstance(path=store.root / row["path"], sop_instance_uid=row["sop_instance_uid"],
+                          sop_class_uid=row["sop_class_uid"],
+                          study_instance_uid=row["study_instance_uid"],
+                          series_instance_uid=row["series_instance_uid"],
+                          patient_id=row["patient_id"],
+                          transfer_syntax_uid=row["transfer_syntax_uid"], size=row["size"],
+                          sha256=row["sha256"], key=row["instance_id"])
+
+
+@pytest.fixture
+def mixed_job(tmp_path, store, jobs):
+    """One job (by association) of two patients, three studies, four series."""
+    a = tmp_path / "a"
+    study = ct_series(a / "1", 3, patient=("Doe^John", "P1"))
+    study_uid = str(dcmread(study[0]).StudyInstanceUID)
+    files = (study + ct_series(a / "2", 4, patient=("Doe^John", "P1"), study=study_uid)
+             + ct_series(a / "3", 5, patient=("Roe^Jane", "P2"))
+             + ct_series(a / "4", 2, patient=("Doe^John", "P1")))
+    job = {ingest(store, jobs, f, grouping="association", association="x") for f in files}
+    assert len(job) == 1
+    return job.pop()
+
+
+def test_instances_are_read_in_batches_in_one_order(monkeypatch, store, jobs, mixed_job):
+    ordered = [r["instance_id"] for r in store.db.query(
+        "SELECT instance_id FROM media_job_instances WHERE job_id = ? "
+        "ORDER BY study_instance_uid, series_instance_uid, instance_id", (mixed_job,))]
+    monkeypatch.setattr(J, "BATCH", 2)
+    assert [r["instance_id"] for r in jobs.iter_instances(mixed_job)] == ordered
+    assert jobs.instance_ids(mixed_job) == ordered
+    assert jobs.count_instances(mixed_job) == 14
+    jobs.plan(mixed_job, [ordered[:5], ordered[5:]])
+    assert [r["instance_id"] for r in jobs.iter_instances(mixed_job, 2)] == ordered[5:]
+    assert jobs.count_instances(mixed_job, 2) == 9
+    first = jobs.instance(mixed_job, ordered[0])
+    series = [r["instance_id"] for r in jobs.iter_series(
+        mixed_job, first["patient_id"], first["study_instance_uid"],
+        first["series_instance_uid"])]
+    assert series and series == [i for i in ordered if jobs.instance(mixed_job, i)[
+        "series_instance_uid"] == first["series_instance_uid"]]
+
+
+def test_the_manifest_is_written_as_it_comes_and_read_in_batches(monkeypatch, store, jobs,
+                                                                  mixed_job):
+    monkeypatch.setattr(J, "BATCH", 4)
+    jobs.plan(mixed_job, [jobs.instance_ids(mixed_job)])
+    jobs.set_volume(mixed_job, 1, "planned", files=[("OLD", "00", 1)])
+    lines = [(f"PT000000/IM{i:06d}", f"{i:064x}", i) for i in range(10, 0, -1)]
+    with jobs.manifest_writer(mixed_job, 1) as writer:
+        assert jobs.files(mixed_job, 1) == []           # the earlier list is gone
+        for line in lines:
+            writer.add(*line)
+        assert len(jobs.manifest(mixed_job, 1)) == 8    # two batches committed
+    manifest = jobs.manifest(mixed_job, 1)
+    assert len(manifest) == 10
+    assert list(manifest) == list(manifest) == sorted(lines)
+    assert jobs.files(mixed_job, 1) == sorted(lines)
+    jobs.reset_volumes(mixed_job)
+    assert list(jobs.manifest(mixed_job, 1)) == []

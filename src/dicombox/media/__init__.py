@@ -60,7 +60,9 @@ stick or image, one blocking step at a time:
         #           needs_iso, else the file-set directory; FolderWriter returns
         #           the path it wrote,
         #       verify(iso_path=None, files=None, *, iso_sha256=None,
-        #              progress=None, cancel=None),
+        #              progress=None, cancel=None)   files: the manifest, any
+        #           iterable that can be walked twice (jobs.Manifest reads the
+        #           index in batches),
         #       eject(cancel=None),
         #       usable_bytes(info) -> int, block_bytes (for plan_volumes)
     def writer_for(kind, **settings); def writer_from_config(config.media)

@@ -209,7 +209,19 @@ MIGRATIONS = [
             last INTEGER NOT NULL
         )
     """),
+    # A job's (or volume's) instances in their order straight from an index:
+    # read in batches, without SQLite sorting the whole job (a sort that
+    # outgrows its cache spills into /var/tmp, a tmpfs on the appliance).
+    Migration("media-jobs-2", """
+        CREATE INDEX media_job_instances_order ON media_job_instances(
+            job_id, study_instance_uid, series_instance_uid, instance_id)
+    """),
 ]
+
+#: Rows read in one query when a job's instances or a volume's files are walked:
+#: each batch is a short read, so nothing holds the whole job, and a long step
+#: does not keep one snapshot of the index open all along.
+BATCH = 256
 
 #: Commands the service executes from ``media_commands``.
 COMMANDS = ("burn", "cancel", "eject", "retry", "delete")
@@ -448,15 +460,52 @@ class JobStore:
         return [dict(r) for r in self.iter_instances(job_id, volume)]
 
     def iter_instances(self, job_id: str, volume: int | None = None) -> Iterator[sqlite3.Row]:
-        """The job's instances row by row, for a caller that keeps only a few columns
-        (a job of 10 000 instances as a list of dicts takes some 13 MB)."""
-        sql = "SELECT * FROM media_job_instances WHERE job_id = ?"
+        """The job's instances row by row (by study, series and id), for a caller that
+        keeps only a few columns (a job of 10 000 instances as a list of dicts takes
+        some 13 MB).  Read :data:`BATCH` rows at a time."""
+        where = "job_id = ?"
+        params: list = [job_id]
+        if volume is not None:
+            where += " AND volume = ?"
+            params.append(volume)
+        order = "study_instance_uid, series_instance_uid, instance_id"
+        after: list = []
+        while True:
+            rows = self.db.read_conn().execute(
+                f"SELECT * FROM media_job_instances WHERE {where}"
+                + (f" AND ({order}) > (?, ?, ?)" if after else "")
+                + f" ORDER BY {order} LIMIT ?", [*params, *after, BATCH]).fetchall()
+            yield from rows
+            if len(rows) < BATCH:
+                return
+            last = rows[-1]
+            after = [last["study_instance_uid"], last["series_instance_uid"],
+                     last["instance_id"]]
+
+    def iter_series(self, job_id: str, patient_id: str, study_instance_uid: str,
+                    series_instance_uid: str) -> Iterator[sqlite3.Row]:
+        """The job's instances of one patient's series, by id (the order of
+        :meth:`iter_instances`), :data:`BATCH` rows at a time."""
+        after = -(1 << 63)
+        while True:
+            rows = self.db.read_conn().execute(
+                "SELECT * FROM media_job_instances WHERE job_id = ? AND study_instance_uid = ? "
+                "AND series_instance_uid = ? AND instance_id > ? AND patient_id = ? "
+                "ORDER BY instance_id LIMIT ?",
+                (job_id, study_instance_uid, series_instance_uid, after, patient_id,
+                 BATCH)).fetchall()
+            yield from rows
+            if len(rows) < BATCH:
+                return
+            after = rows[-1]["instance_id"]
+
+    def count_instances(self, job_id: str, volume: int | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM media_job_instances WHERE job_id = ?"
         params: list = [job_id]
         if volume is not None:
             sql += " AND volume = ?"
             params.append(volume)
-        sql += " ORDER BY study_instance_uid, series_instance_uid, instance_id"
-        yield from self.db.read_conn().execute(sql, params)
+        return self.db.read_conn().execute(sql, params).fetchone()[0]
 
     def instance_ids(self, job_id: str, volume: int | None = None) -> list[int]:
         """The ids of :meth:`iter_instances`' rows, in the same order."""
@@ -521,7 +570,7 @@ class JobStore:
 
     def set_volume(self, job_id: str, volume: int, state: str, files=None, **columns) -> None:
         """Move a volume to ``state``; ``files`` (relpath, sha256, size) are its
-        built file list (replacing any earlier one)."""
+        built file list (replacing any earlier one; see also :meth:`manifest_writer`)."""
         if state not in VOLUME_STATES:
             raise ValueError(f"unknown volume state {state!r}")
         columns = {"state": state, **columns}
@@ -536,9 +585,15 @@ class JobStore:
                                  ((job_id, volume, str(p), h, s) for p, h, s in files))
 
     def files(self, job_id: str, volume: int) -> list[tuple[str, str, int]]:
-        return [(r["path"], r["sha256"], r["size"]) for r in self.db.query(
-            "SELECT path, sha256, size FROM media_files WHERE job_id = ? AND volume = ? "
-            "ORDER BY path", (job_id, volume))]
+        return list(self.manifest(job_id, volume))
+
+    def manifest(self, job_id: str, volume: int) -> Manifest:
+        """The files of a built volume, read from the index whenever they are walked."""
+        return Manifest(self.db, job_id, volume)
+
+    def manifest_writer(self, job_id: str, volume: int) -> ManifestWriter:
+        """Where a volume's files go while its file-set is built (see :class:`ManifestWriter`)."""
+        return ManifestWriter(self.db, job_id, volume)
 
     def reset_volumes(self, job_id: str) -> None:
         """Forget the plan (a retried job is planned again for its new medium)."""
@@ -609,6 +664,80 @@ class JobStore:
         with self.db.write() as conn:
             conn.execute("UPDATE media_commands SET handled_at = ?, result = ? WHERE id = ? "
                          "AND handled_at IS NULL", (time.time(), result, command_id))
+
+
+class Manifest:
+    """The files (relative path, SHA-256, size) of a built volume, in path order.
+
+    Iterable as often as needed; each walk reads the index :data:`BATCH`
+    rows at a time, so verifying a volume of any size holds a batch, not
+    the volume's list.
+    """
+
+    def __init__(self, db: Database, job_id: str, volume: int):
+        self.db = db
+        self.job_id = job_id
+        self.volume = volume
+
+    def __iter__(self) -> Iterator[tuple[str, str, int]]:
+        after = None
+        while True:
+            rows = self.db.read_conn().execute(
+                "SELECT path, sha256, size FROM media_files WHERE job_id = ? AND volume = ?"
+                + (" AND path > ?" if after is not None else "") + " ORDER BY path LIMIT ?",
+                [self.job_id, self.volume, *([after] if after is not None else []),
+                 BATCH]).fetchall()
+            for r in rows:
+                yield r[0], r[1], r[2]
+            if len(rows) < BATCH:
+                return
+            after = rows[-1][0]
+
+    def __len__(self) -> int:
+        return self.db.read_conn().execute(
+            "SELECT COUNT(*) FROM media_files WHERE job_id = ? AND volume = ?",
+            (self.job_id, self.volume)).fetchone()[0]
+
+
+class ManifestWriter:
+    """A volume's files, written into the index as the file-set builder places them.
+
+    Opening it forgets the volume's earlier list; :meth:`add` takes one line
+    at a time and commits every :data:`BATCH` lines, without a sync of their
+    own (a lost batch is harmless: the list counts only once the volume is
+    ``built``, and that commit is durable, which makes every earlier one
+    durable too).  A build that stops half-way leaves a partial list behind
+    a volume that is still ``planned``; the next build starts it again.
+    """
+
+    def __init__(self, db: Database, job_id: str, volume: int):
+        self.db = db
+        self.job_id = job_id
+        self.volume = volume
+        self._lines: list[tuple] = []
+        self.count = 0
+        with db.write(durable=False) as conn:
+            conn.execute("DELETE FROM media_files WHERE job_id = ? AND volume = ?",
+                         (job_id, volume))
+
+    def add(self, path: str, sha256: str, size: int) -> None:
+        self._lines.append((self.job_id, self.volume, path, sha256, size))
+        self.count += 1
+        if len(self._lines) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            with self.db.write(durable=False) as conn:
+                conn.executemany("INSERT INTO media_files VALUES (?, ?, ?, ?, ?)", self._lines)
+            self._lines.clear()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.flush()
 
 
 def _description(info) -> str:

@@ -188,11 +188,12 @@ def profiles():
 class JobSources(Sequence):
     """A volume's instances for the media library, read from the job store on demand.
 
-    The file-set builder goes through a job's instances twice (headers in
-    order, then files in file-set order); holding them as objects costs
-    about 1 kB each (10 MB for a job of 10 000 images).  Here only their
-    row ids are held (8 bytes each); an instance is read from the index
-    when it is wanted and dropped after use.
+    Holding a job's instances as objects costs about 1 kB each (10 MB for a
+    job of 10 000 images).  Here nothing is held per instance: the file-set
+    builder walks them once, read from the index in batches
+    (:meth:`JobStore.iter_instances`), and asks for each one again when it
+    copies its file (:meth:`current`: its row as it is then).  Random access
+    by position (``sources[i]``) reads the volume's row ids on first use.
     """
 
     def __init__(self, jobs: JobStore, job_id: str, volume: int | None, make):
@@ -200,24 +201,33 @@ class JobSources(Sequence):
         self.job_id = job_id
         self.volume = volume
         self._make = make
-        self._ids = array("q", jobs.instance_ids(job_id, volume))
+        self._count = jobs.count_instances(job_id, volume)
+        self._ids: array | None = None
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._count
 
     def __iter__(self):
         shared: dict[str, str] = {}
         for row in self.jobs.iter_instances(self.job_id, self.volume):
             yield self._make(row, shared)
 
+    def _row(self, instance_id: int):
+        row = self.jobs.instance(self.job_id, instance_id)
+        if row is None:
+            raise MediaError("source-changed", f"instance {instance_id} left job {self.job_id}")
+        return self._make(row, {})
+
+    def current(self, source):
+        """``source`` (one of these instances) as the job store holds it now."""
+        return self._row(source.key)
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        row = self.jobs.instance(self.job_id, self._ids[index])
-        if row is None:
-            raise MediaError("source-changed",
-                             f"instance {self._ids[index]} left job {self.job_id}")
-        return self._make(row, {})
+        if self._ids is None:
+            self._ids = array("q", self.jobs.instance_ids(self.job_id, self.volume))
+        return self._row(self._ids[index])
 
 
 class JobRunner(Worker):
@@ -674,7 +684,7 @@ class JobRunner(Worker):
             series_instance_uid=one(row["series_instance_uid"]),
             patient_id=one(row["patient_id"]),
             transfer_syntax_uid=one(row["transfer_syntax_uid"]), size=row["size"],
-            sha256=row["sha256"])
+            sha256=row["sha256"], key=row["instance_id"])
 
     def work_dir(self, job_id: str, volume: int) -> Path:
         return self.root / "jobs" / job_id / f"vol{volume}"
@@ -699,10 +709,14 @@ class JobRunner(Worker):
                                    institution=self.config.box.institution,
                                    created=datetime.now().astimezone())
         progress = Progress(self.jobs, job, J.BUILDING, execution)
-        result = fileset.build_fileset(sources, work / "fileset", fileset_id=J.fileset_id(job_id),
-                                       profile=volume["profile"] or job["profile"],
-                                       label=label, progress=progress, cancel=execution.cancel,
-                                       replace=True)
+        # The manifest goes into the job store as the files are written; it
+        # counts once the volume is "built" (below), in a durable commit.
+        with self.jobs.manifest_writer(job_id, n) as manifest:
+            result = fileset.build_fileset(
+                sources, work / "fileset", fileset_id=J.fileset_id(job_id),
+                profile=volume["profile"] or job["profile"], label=label, progress=progress,
+                cancel=execution.cancel, replace=True, manifest=manifest.add,
+                current=sources.current)
         image_bytes, image_sha = 0, ""
         if self.writer().needs_iso:
             image = self.image_path(job, n)
@@ -712,7 +726,7 @@ class JobRunner(Worker):
             image_sha = sha256_file(image)[0]
             shutil.rmtree(work / "fileset")
         sync_tree(work)
-        self.jobs.set_volume(job_id, n, "built", files=result.files, built_at=time.time(),
+        self.jobs.set_volume(job_id, n, "built", built_at=time.time(),
                              image_bytes=image_bytes, image_sha256=image_sha,
                              profile=result.profile)
 
@@ -734,7 +748,8 @@ class JobRunner(Worker):
         if self.media.verify:
             progress = Progress(self.jobs, job, J.VERIFYING, execution)
             writer.verify(self.image_path(job, n) if writer.needs_iso else None,
-                          self.jobs.files(job_id, n), iso_sha256=volume["image_sha256"] or None,
+                          self.jobs.manifest(job_id, n),
+                          iso_sha256=volume["image_sha256"] or None,
                           progress=progress, cancel=execution.cancel)
         # The optical writer ejects after its read-back itself.
         if not (self.media.writer == "optical" and self.media.verify):

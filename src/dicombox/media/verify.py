@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from . import scratch
 from .errors import MediaError
 
 CHUNK = 1 << 20
@@ -271,12 +272,19 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
     image (primary volume descriptor, then each directory's extent, a sector
     at a time), and each file of the manifest is hashed from its extents as
     its record is met.  Nothing of the tree is kept beyond the directories
-    still to visit, so memory does not grow with the number of files (an
-    in-memory parse of the whole image took about 3 kB per file).
+    still to visit (an in-memory parse of the whole image took about 3 kB
+    per file), and the manifest is looked up in a table of a scratch
+    database next to the image (:mod:`.scratch`) rather than a dict, so
+    memory does not grow with the number of files.
     """
-    expected = {rel: (sha, size) for rel, sha, size in files}
-    meter = Meter(sum(size for _, size in expected.values()), progress, cancel)
-    with _open_image(iso_path) as image:
+    with _open_image(iso_path) as image, \
+            scratch.scratch_db(Path(iso_path).parent, ".verify-") as db:
+        # A line listed twice counts once, with its last values (as in a dict).
+        db.execute("CREATE TABLE expected (path TEXT PRIMARY KEY, sha256 TEXT, size INTEGER)")
+        db.executemany("INSERT INTO expected VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE "
+                       "SET sha256 = excluded.sha256, size = excluded.size", files)
+        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM expected").fetchone()
+        meter = Meter(total, progress, cancel)
         try:
             image.seek(_PVD_SECTOR * SECTOR)
             pvd = image.read(SECTOR)
@@ -310,9 +318,11 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
                     if flags & _MULTI_EXTENT:
                         continue                     # the file goes on in the next record
                     extents, parts = parts, []
-                    want = expected.pop(rel, None)
+                    want = db.execute("SELECT sha256, size FROM expected WHERE path = ?",
+                                      (rel,)).fetchone()
                     if want is None:
-                        continue
+                        continue                     # not in the manifest, or met already
+                    db.execute("DELETE FROM expected WHERE path = ?", (rel,))
                     got_sha, got_size = _hash_extents(image, extents, block, meter)
                     if got_size != want[1] or got_sha != want[0]:
                         raise MediaError("verify-failed", f"{rel} differs in the image")
@@ -321,8 +331,10 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
         except OSError as exc:
             raise MediaError("verify-failed",
                              f"cannot read {iso_path.name} back: {exc.strerror or exc}") from exc
-    if expected:
-        rel = next(iter(expected))
-        raise MediaError("verify-failed", f"{rel} is missing from the image"
-                         + (f" (and {len(expected) - 1} more)" if len(expected) > 1 else ""))
+        (left,) = db.execute("SELECT COUNT(*) FROM expected").fetchone()
+        if left:
+            # The first one in the manifest's order.
+            (rel,) = db.execute("SELECT path FROM expected ORDER BY rowid LIMIT 1").fetchone()
+            raise MediaError("verify-failed", f"{rel} is missing from the image"
+                             + (f" (and {left - 1} more)" if left > 1 else ""))
     meter.finish()
