@@ -324,6 +324,29 @@ def test_instances_are_read_in_batches_in_one_order(monkeypatch, store, jobs, mi
         "series_instance_uid"] == first["series_instance_uid"]]
 
 
+def test_plans_of_runs_are_the_plans_of_instances(monkeypatch, store, jobs, mixed_job):
+    from dicombox.media.span import plan_runs, plan_volumes
+
+    monkeypatch.setattr(J, "BATCH", 3)
+    sources = [_source(store, r) for r in jobs.iter_instances(mixed_job)]
+    for capacity in (10 ** 7, 90_000, 60_000, 40_000):
+        expected = plan_volumes(sources, capacity, 1000)
+        runs = plan_runs((_source(store, r) for r in jobs.iter_instances(mixed_job)), capacity,
+                         1000, series_of=lambda p, s, e: (
+                             _source(store, r) for r in jobs.iter_series(mixed_job, p, s, e)),
+                         key=lambda source, _position: source.key)
+        assert len(runs) == len(expected), capacity
+        assert jobs.plan(mixed_job, runs, profile="STD-GEN-CD") == 14
+        for n, volume in enumerate(expected, 1):
+            assert {r["sop_instance_uid"] for r in jobs.iter_instances(mixed_job, n)} == \
+                {s.sop_instance_uid for s in volume}, (capacity, n)
+            assert jobs.volume(mixed_job, n)["instances"] == len(volume)
+        if capacity == 40_000:
+            assert any(run.first is not None for volume in runs for run in volume)
+    assert jobs.plan(mixed_job, [[(None, None)]]) == 14
+    assert jobs.count_instances(mixed_job, 1) == 14
+
+
 def test_the_manifest_is_written_as_it_comes_and_read_in_batches(monkeypatch, store, jobs,
                                                                   mixed_job):
     monkeypatch.setattr(J, "BATCH", 4)

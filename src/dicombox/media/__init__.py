@@ -40,6 +40,11 @@ stick or image, one blocking step at a time:
     def plan_volumes(instances, capacity_bytes, overhead_bytes=OVERHEAD_BYTES, *,
                      size_of=None, block_bytes=2048, split_series=True)
         -> list[list[SourceInstance]]    # MediaError("too-small") if one cannot fit
+    def plan_runs(instances, capacity_bytes, overhead_bytes=OVERHEAD_BYTES, *,
+                  series_of, size_of=None, block_bytes=2048, split_series=True,
+                  key=None) -> list[list[Run]]
+        # the same plan from one pass over the job (and one over each series
+        # that must be split), as runs: a study, a series or a run of a series
 
     # iso.py
     def build_iso(fileset_dir, iso_path, volume_id, progress=None, cancel=None) -> int

@@ -535,21 +535,38 @@ class JobStore:
 
     # -- volumes ---------------------------------------------------------------------
 
-    def plan(self, job_id: str, volumes: list[list[int]], *, profile: str = "",
-             writer: str = "") -> None:
-        """Record which instances go on which volume (instance ids per volume)."""
+    def plan(self, job_id: str, volumes: list[list], *, profile: str = "",
+             writer: str = "") -> int:
+        """Record which instances go on which volume; return how many were planned.
+
+        Each volume is a list of instance ids, or of selections (tuples like
+        :class:`.span.Run`: patient ID, study, series, first and last
+        instance id) that stand for many instances at once: every instance of
+        the patient's study (series None), of one of its series (first None),
+        or of a run of that series from instance id ``first`` to ``last``;
+        ``(None, None)``: every instance of the job.
+        """
+        total = 0
         with self.db.write() as conn:
             conn.execute("DELETE FROM media_volumes WHERE job_id = ?", (job_id,))
             conn.execute("UPDATE media_job_instances SET volume = NULL WHERE job_id = ?",
                          (job_id,))
-            for n, ids in enumerate(volumes, 1):
+            for n, selections in enumerate(volumes, 1):
+                ids = [i for i in selections if isinstance(i, int)]
                 conn.executemany("UPDATE media_job_instances SET volume = ? WHERE job_id = ? "
                                  "AND instance_id = ?", [(n, job_id, i) for i in ids])
-                size = conn.execute("SELECT COALESCE(SUM(size), 0) FROM media_job_instances "
-                                    "WHERE job_id = ? AND volume = ?", (job_id, n)).fetchone()
+                for selection in selections:
+                    if not isinstance(selection, int):
+                        where, params = _selection(selection)
+                        conn.execute(f"UPDATE media_job_instances SET volume = ? WHERE "
+                                     f"job_id = ?{where}", [n, job_id, *params])
+                count, size = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM media_job_instances "
+                    "WHERE job_id = ? AND volume = ?", (job_id, n)).fetchone()
+                total += count
                 conn.execute("INSERT INTO media_volumes (job_id, volume, state, instances, "
                              "bytes, profile) VALUES (?, ?, 'planned', ?, ?, ?)",
-                             (job_id, n, len(ids), size[0], profile))
+                             (job_id, n, count, size, profile))
             conn.execute("UPDATE media_jobs SET volumes = ?, volume = 1, attempts = 0, "
                          "profile = ?, writer = ?, updated_at = ? WHERE id = ?",
                          (len(volumes), profile, writer, time.time(), job_id))
@@ -558,6 +575,7 @@ class JobStore:
             self._log(conn, job_id, state["state"] if state else READY,
                       f"planned {len(volumes)} volume(s), profile {profile or '-'}",
                       time.time())
+        return total
 
     def volume(self, job_id: str, volume: int) -> dict | None:
         row = self.db.query_one("SELECT * FROM media_volumes WHERE job_id = ? AND volume = ?",
@@ -664,6 +682,22 @@ class JobStore:
         with self.db.write() as conn:
             conn.execute("UPDATE media_commands SET handled_at = ?, result = ? WHERE id = ? "
                          "AND handled_at IS NULL", (time.time(), result, command_id))
+
+
+def _selection(selection) -> tuple[str, list]:
+    """The WHERE clause (after ``job_id = ?``) of a selection of :meth:`JobStore.plan`."""
+    patient, study, *rest = selection
+    series, first, last = (list(rest) + [None, None, None])[:3]
+    if patient is None and study is None:
+        return "", []
+    where, params = " AND patient_id = ? AND study_instance_uid = ?", [patient, study]
+    if series is not None:
+        where += " AND series_instance_uid = ?"
+        params.append(series)
+        if first is not None:
+            where += " AND instance_id BETWEEN ? AND ?"
+            params += [first, last]
+    return where, params
 
 
 class Manifest:

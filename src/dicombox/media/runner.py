@@ -647,22 +647,26 @@ class JobRunner(Worker):
         if not capacity and self.media.writer != "folder" and medium.info is not None:
             capacity = writer.usable_bytes(medium.info)
         if capacity:
-            sources, ids, shared = [], {}, {}
-            for row in self.jobs.iter_instances(job["id"]):
-                source = self._source(row, shared)
-                sources.append(source)
-                ids[source.sop_instance_uid] = row["instance_id"]
-            groups = span.plan_volumes(sources, capacity,
-                                       size_of=lambda s: fileset.size_on_medium(s, profile),
-                                       block_bytes=writer.block_bytes)
-            plan = [[ids[s.sop_instance_uid] for s in group] for group in groups]
-            del sources, ids, shared, groups
+            # Planned from the totals of each series, read from the index in
+            # batches: nothing is held per instance (a list of the job took
+            # about 1 kB an instance).
+            shared: dict[str, str] = {}
+
+            def sources(rows):
+                return (self._source(row, shared) for row in rows)
+
+            plan = span.plan_runs(
+                sources(self.jobs.iter_instances(job["id"])), capacity,
+                series_of=lambda patient, study, series: sources(
+                    self.jobs.iter_series(job["id"], patient, study, series)),
+                size_of=lambda s: fileset.size_on_medium(s, profile),
+                block_bytes=writer.block_bytes, key=lambda source, _position: source.key)
         else:
-            # One volume of any size: only the ids are needed.
-            plan = [self.jobs.instance_ids(job["id"])]
-        self.jobs.plan(job["id"], plan, profile=profile.name, writer=self.media.writer)
+            # One volume of any size: every instance of the job.
+            plan = [[(None, None)]]
+        count = self.jobs.plan(job["id"], plan, profile=profile.name, writer=self.media.writer)
         LOGGER.info("job %s: %d instance(s) on %d volume(s) of %s, profile %s", job["id"],
-                    sum(map(len, plan)), len(plan),
+                    count, len(plan),
                     f"{capacity / 1e6:.1f} MB" if capacity else "any size", profile.name)
 
     def _source(self, row, shared: dict[str, str]):
