@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from array import array
@@ -46,6 +45,7 @@ from . import jobs as J
 from .errors import MediaError
 from .jobs import JobStore
 from .udev import MediumEvent
+from .verify import remove_tree, walk_tree
 
 LOGGER = logging.getLogger("dicombox.media.runner")
 
@@ -705,7 +705,7 @@ class JobRunner(Worker):
         job_id, n = job["id"], volume["volume"]
         work = self.work_dir(job_id, n)
         if work.exists():
-            shutil.rmtree(work)
+            remove_tree(work)
         work.mkdir(parents=True)
         sources = JobSources(self.jobs, job_id, n, self._source)
         label = fileset.MediaLabel(volume=n, volumes=job["volumes"], job_id=job_id,
@@ -728,7 +728,7 @@ class JobRunner(Worker):
                                         J.volume_id(job_id, n, job["volumes"]),
                                         progress=progress, cancel=execution.cancel)
             image_sha = sha256_file(image)[0]
-            shutil.rmtree(work / "fileset")
+            remove_tree(work / "fileset")
         sync_tree(work)
         self.jobs.set_volume(job_id, n, "built", built_at=time.time(),
                              image_bytes=image_bytes, image_sha256=image_sha,
@@ -825,7 +825,7 @@ class JobRunner(Worker):
     def _clean_work(self, job_id: str, volume: int) -> None:
         work = self.work_dir(job_id, volume)
         if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work, ignore_errors=True)
 
     def _purge_expired(self) -> None:
         now = time.time()
@@ -879,14 +879,16 @@ def _media_message(exc) -> str:
 
 def sync_tree(root: Path) -> None:
     """fsync every file and folder under ``root`` (a built step survives power loss)."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(dirpath)
+    for _rel, path, is_dir, _size in walk_tree(root):
+        if is_dir:
+            fsync_dir(path)
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(root)
     fsync_dir(Path(root).parent)
 
 
@@ -895,7 +897,7 @@ def remove_paths(paths) -> None:
         p = Path(p)
         try:
             if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
+                remove_tree(p)
             else:
                 p.unlink()
         except FileNotFoundError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from . import scratch
@@ -89,6 +89,30 @@ def copy_file(src: Path, dst: Path, meter: Meter | None = None,
         if fsync:
             os.fsync(fout.fileno())
     return h.hexdigest(), size
+
+
+def walk_tree(root: Path) -> Iterator[tuple[str, Path, bool, int]]:
+    """Everything under ``root``: (relative path with "/", path, is a directory, size).
+
+    A directory comes before what it holds, and a directory's files come
+    one after the other (its subdirectories are visited after it), in the
+    order the file system lists them.  Unlike ``os.walk``, which lists a
+    whole directory first, nothing is held per entry: one directory is open
+    at a time, and the list is of the directories still to visit (a series
+    folder of 100 000 images costs no more than one of 10).
+    """
+    pending = [("", Path(root))]
+    while pending:
+        prefix, folder = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                path = folder / entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((rel + "/", path))
+                    yield rel, path, True, 0
+                else:
+                    yield rel, path, False, entry.stat().st_size
 
 
 def remove_tree(root: Path, ignore_errors: bool = False) -> None:
