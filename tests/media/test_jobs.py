@@ -364,3 +364,26 @@ def test_the_manifest_is_written_as_it_comes_and_read_in_batches(monkeypatch, st
     assert jobs.files(mixed_job, 1) == sorted(lines)
     jobs.reset_volumes(mixed_job)
     assert list(jobs.manifest(mixed_job, 1)) == []
+
+
+def test_release_lists_the_files_to_remove_outside_memory(monkeypatch, tmp_path, store, jobs,
+                                                          mixed_job):
+    def scratch_files():
+        return [p.name for p in (store.root / "tmp").iterdir() if p.name.startswith(".release")]
+
+    monkeypatch.setattr(J, "BATCH", 4)
+    paths = {store.root / "spool" / r["path"] for r in store.db.query("SELECT path FROM instances")}
+    released = jobs.release(mixed_job, delete_job=False)
+    assert len(scratch_files()) == 1                 # the list waits in the store's tmp/
+    assert jobs.count_instances(mixed_job) == 0
+    assert store.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+    listed = list(released)
+    assert listed[-1] == store.root / "jobs" / mixed_job
+    assert set(listed[:-1]) == paths and len(listed) == 15
+    assert scratch_files() == [] and list(released) == []
+    # Nothing to remove, and dropped without being walked: no file left either.
+    jobs.release(mixed_job, delete_job=True)
+    assert scratch_files() == []
+    with pytest.raises(J.UnknownJob):
+        jobs.release(mixed_job, delete_job=True)
+    assert scratch_files() == []

@@ -65,6 +65,7 @@ from pathlib import Path
 
 from ..store import Database, Migration
 from ..store.fsutil import fsync_dir, makedirs_durable
+from . import scratch
 
 COLLECTING = "collecting"
 READY = "ready"
@@ -624,38 +625,41 @@ class JobStore:
 
     # -- removing ------------------------------------------------------------------------
 
-    def release(self, job_id: str, delete_job: bool) -> list[Path]:
+    def release(self, job_id: str, delete_job: bool) -> Released:
         """Drop the job's hold on its instances (and the job row if ``delete_job``).
 
         Instances no other job holds leave the index; the returned files
         (spool files and the job's folder) are to be removed by the caller
-        after this committed.
+        after this committed.  They are listed in a scratch file of the
+        store's ``tmp/`` folder, not in memory (a job of 100 000 instances
+        would take some 40 MB as a list), and read back as they are iterated.
         """
-        files: list[Path] = []
-        with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM media_jobs WHERE id = ?", (job_id,)).fetchone() \
-                    is None:
-                raise UnknownJob(job_id)
-            held = conn.execute("SELECT instance_id FROM media_job_instances WHERE job_id = ?",
-                                (job_id,)).fetchall()
-            conn.execute("DELETE FROM media_job_instances WHERE job_id = ?", (job_id,))
-            for r in held:
-                iid = r["instance_id"]
-                if conn.execute("SELECT 1 FROM media_job_instances WHERE instance_id = ? "
-                                "LIMIT 1", (iid,)).fetchone():
-                    continue
-                inst = conn.execute("SELECT path FROM instances WHERE id = ?",
-                                    (iid,)).fetchone()
-                if inst is not None:
-                    conn.execute("DELETE FROM instances WHERE id = ?", (iid,))
-                    files.append(self.root / "spool" / inst["path"])
-            if delete_job:
-                conn.execute("DELETE FROM media_jobs WHERE id = ?", (job_id,))
-            else:
-                conn.execute("UPDATE media_jobs SET purged_at = ?, updated_at = ? WHERE id = ?",
-                             (time.time(), time.time(), job_id))
-        files.append(self.root / "jobs" / job_id)
-        return files
+        spill = scratch.open_db(self.root / "tmp", ".release-")
+        try:
+            spill.execute("CREATE TABLE released (id INTEGER NOT NULL, path TEXT NOT NULL)")
+            with self.db.write() as conn:
+                if conn.execute("SELECT 1 FROM media_jobs WHERE id = ?",
+                                (job_id,)).fetchone() is None:
+                    raise UnknownJob(job_id)
+                cursor = conn.execute(
+                    "SELECT m.instance_id, i.path FROM media_job_instances m "
+                    "JOIN instances i ON i.id = m.instance_id WHERE m.job_id = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM media_job_instances o "
+                    "WHERE o.instance_id = m.instance_id AND o.job_id != ?)", (job_id, job_id))
+                while rows := cursor.fetchmany(BATCH):
+                    spill.executemany("INSERT INTO released VALUES (?, ?)", rows)
+                for rows in _batches(spill.execute("SELECT id FROM released ORDER BY rowid")):
+                    conn.executemany("DELETE FROM instances WHERE id = ?", rows)
+                conn.execute("DELETE FROM media_job_instances WHERE job_id = ?", (job_id,))
+                if delete_job:
+                    conn.execute("DELETE FROM media_jobs WHERE id = ?", (job_id,))
+                else:
+                    conn.execute("UPDATE media_jobs SET purged_at = ?, updated_at = ? "
+                                 "WHERE id = ?", (time.time(), time.time(), job_id))
+        except BaseException:
+            scratch.close(spill)
+            raise
+        return Released(spill, self.root / "spool", self.root / "jobs" / job_id)
 
     def expired(self, keep_seconds: float, now: float | None = None) -> list[str]:
         """Finished jobs whose instances have been kept long enough."""
@@ -772,6 +776,45 @@ class ManifestWriter:
     def __exit__(self, kind, *_) -> None:
         if kind is None:
             self.flush()
+
+
+def _batches(cursor) -> Iterator[list]:
+    while rows := cursor.fetchmany(BATCH):
+        yield rows
+
+
+class Released:
+    """The files a :meth:`JobStore.release` leaves to remove: the spool files that no
+    job holds any more, then the job's own folder.
+
+    Read from the release's scratch file as they are iterated (once); the
+    file goes when the iteration ends or the object is closed or dropped.
+    """
+
+    def __init__(self, spill, spool: Path, folder: Path):
+        self._spill = spill
+        self._spool = spool
+        self._folder = folder
+
+    def __iter__(self) -> Iterator[Path]:
+        if self._spill is None:
+            return
+        try:
+            for rows in _batches(self._spill.execute("SELECT path FROM released "
+                                                     "ORDER BY rowid")):
+                for (path,) in rows:
+                    yield self._spool / path
+            yield self._folder
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._spill is not None:
+            scratch.close(self._spill)
+            self._spill = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _description(info) -> str:
