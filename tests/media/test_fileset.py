@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import threading
@@ -285,6 +286,43 @@ def test_out_dir_rules_and_duplicates(job, tmp_path):
     assert err.value.kind == "build-failed"
     with pytest.raises(ValueError):
         build(instances, tmp_path / "p", profile="STD-NOPE")
+
+
+def test_the_manifest_streams_out_and_each_instance_is_asked_for_again(job, tmp_path):
+    """The media service's way: instances read once (any iterable, duplicates
+    included), each file's line handed out as it is written, each instance
+    asked for again before its file is copied (a resent one may have moved)."""
+    files, instances = job
+    expected = build(instances, tmp_path / "list").files
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    first = instances[0]
+    shutil.copy(first.path, moved / first.path.name)
+    keyed = [dataclasses.replace(s, key=n) for n, s in enumerate(instances)]
+    asked, lines = [], []
+
+    def current(src):
+        asked.append(src.key)
+        if src.key == 0:            # its spool file went to the job's keep folder
+            first.path.rename(first.path.with_suffix(".gone"))
+            return dataclasses.replace(src, path=moved / first.path.name)
+        return src
+
+    try:
+        result = build(iter(keyed + keyed[:2]), tmp_path / "fs",
+                       manifest=lambda *line: lines.append(line), current=current)
+    finally:
+        first.path.with_suffix(".gone").rename(first.path)
+    assert result.files is None and result.instances == len(instances)
+    assert sorted(asked) == list(range(len(instances)))
+    # The same lines as a built list (the DICOMDIR's own UID aside), each once.
+    assert len(lines) == len(expected)
+    assert sorted(rel for rel, _, _ in lines) == [rel for rel, _, _ in expected]
+    assert {rel: sha for rel, sha, _ in lines} == K.tree_checksums(tmp_path / "fs")
+    assert result.total_bytes == sum(size for _, _, size in lines)
+    with pytest.raises(MediaError) as err:
+        build(iter([]), tmp_path / "empty")
+    assert err.value.kind == "build-failed" and "no instances" in str(err.value)
 
 
 def test_cancel_stops_the_build_and_leaves_nothing(job, tmp_path):

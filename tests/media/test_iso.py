@@ -79,6 +79,47 @@ def test_verify_iso_compares_with_the_manifest(built, tmp_path):
     assert err.value.kind == "verify-failed"
 
 
+def test_verify_iso_takes_a_line_listed_twice_at_its_last_value(built, tmp_path):
+    tmp, _, result, _, _ = built
+    image = tmp / "disc.iso"
+    rel, sha, size = result.files[0]
+    verify_iso(image, [(rel, "0" * 64, size), *result.files])
+    with pytest.raises(MediaError) as err:
+        verify_iso(image, [*result.files, (rel, "0" * 64, size)])
+    assert err.value.kind == "verify-failed" and f"{rel} differs" in str(err.value)
+    # The first missing file in the manifest's order is named, with how many more.
+    with pytest.raises(MediaError) as err:
+        verify_iso(image, [("B/GONE", "0" * 64, 1), *result.files, ("A/GONE", "0" * 64, 1)])
+    assert str(err.value) == "B/GONE is missing from the image (and 1 more)"
+    # Nothing is left next to the image.
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []
+
+
+def test_trees_are_walked_and_removed_without_listing_them(tmp_path):
+    from dicombox.media.verify import remove_tree, walk_tree
+
+    root = tmp_path / "fs"
+    for rel in ("A/B/C/F1", "A/B/F2", "A/F3", "F4", "D/E/F5"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    (root / "EMPTY").mkdir()
+    seen = list(walk_tree(root))
+    assert sorted(rel for rel, _, is_dir, _ in seen if not is_dir) == [
+        "A/B/C/F1", "A/B/F2", "A/F3", "D/E/F5", "F4"]
+    assert sorted(rel for rel, _, is_dir, _ in seen if is_dir) == [
+        "A", "A/B", "A/B/C", "D", "D/E", "EMPTY"]
+    order = [rel for rel, *_ in seen]
+    for rel, path, is_dir, size in seen:
+        assert path == root / rel and path.is_dir() == is_dir
+        assert size == (0 if is_dir else len(rel))
+        if "/" in rel:       # a directory comes before what it holds
+            assert order.index(rel.rsplit("/", 1)[0]) < order.index(rel)
+    remove_tree(root / "A" / "F3")
+    remove_tree(root)
+    assert not root.exists()
+    remove_tree(root)                       # gone already: nothing to do
+
+
 def test_names_that_are_not_level1_are_refused(tmp_path):
     (tmp_path / "fs").mkdir()
     (tmp_path / "fs" / "readme.txt").write_text("lower case")

@@ -1,9 +1,11 @@
 """Media jobs: the state machine as data, grouping, closing, volumes, commands, release."""
 
+import dataclasses
 import shutil
 import sqlite3
 
 import pytest
+from pydicom import dcmread
 
 from dicombox.media import jobs as J
 from dicombox.media.jobs import Group, JobStore
@@ -247,6 +249,12 @@ def test_job_sources_read_a_volume_from_the_index_in_one_order(tmp_path, store, 
     assert {s.sop_instance_uid for s in listed} == \
         {r["sop_instance_uid"] for r in jobs.instances(job, volume=1)}
     assert all(s.path.is_file() for s in listed)
+    # The builder asks for each instance again before it copies its file.
+    keyed = dataclasses.replace(listed[0], key=ids[0])
+    with store.db.write() as conn:
+        conn.execute("UPDATE media_job_instances SET path = 'jobs/x/keep/a.dcm' "
+                     "WHERE instance_id = ?", (ids[0],))
+    assert first.current(keyed).path == store.root / "jobs/x/keep/a.dcm"
     with store.db.write() as conn:
         conn.execute("DELETE FROM media_job_instances WHERE instance_id = ?", (ids[0],))
     with pytest.raises(MediaError, match="left job"):
@@ -270,3 +278,112 @@ def test_job_counts_follow_new_and_resent_instances(tmp_path, store, jobs):
     j = jobs.job(job)
     assert (j["instances"], j["bytes"]) == (3, sum(r["size"] for r in rows))
     assert j["bytes"] > sum(sizes.values())
+
+
+def _source(store, row):
+    from dicombox.media.fileset import SourceInstance
+    return SourceInstance(path=store.root / row["path"], sop_instance_uid=row["sop_instance_uid"],
+                          sop_class_uid=row["sop_class_uid"],
+                          study_instance_uid=row["study_instance_uid"],
+                          series_instance_uid=row["series_instance_uid"],
+                          patient_id=row["patient_id"],
+                          transfer_syntax_uid=row["transfer_syntax_uid"], size=row["size"],
+                          sha256=row["sha256"], key=row["instance_id"])
+
+
+@pytest.fixture
+def mixed_job(tmp_path, store, jobs):
+    """One job (by association) of two patients, three studies, four series."""
+    a = tmp_path / "a"
+    study = ct_series(a / "1", 3, patient=("Doe^John", "P1"))
+    study_uid = str(dcmread(study[0]).StudyInstanceUID)
+    files = (study + ct_series(a / "2", 4, patient=("Doe^John", "P1"), study=study_uid)
+             + ct_series(a / "3", 5, patient=("Roe^Jane", "P2"))
+             + ct_series(a / "4", 2, patient=("Doe^John", "P1")))
+    job = {ingest(store, jobs, f, grouping="association", association="x") for f in files}
+    assert len(job) == 1
+    return job.pop()
+
+
+def test_instances_are_read_in_batches_in_one_order(monkeypatch, store, jobs, mixed_job):
+    ordered = [r["instance_id"] for r in store.db.query(
+        "SELECT instance_id FROM media_job_instances WHERE job_id = ? "
+        "ORDER BY study_instance_uid, series_instance_uid, instance_id", (mixed_job,))]
+    monkeypatch.setattr(J, "BATCH", 2)
+    assert [r["instance_id"] for r in jobs.iter_instances(mixed_job)] == ordered
+    assert jobs.instance_ids(mixed_job) == ordered
+    assert jobs.count_instances(mixed_job) == 14
+    jobs.plan(mixed_job, [ordered[:5], ordered[5:]])
+    assert [r["instance_id"] for r in jobs.iter_instances(mixed_job, 2)] == ordered[5:]
+    assert jobs.count_instances(mixed_job, 2) == 9
+    first = jobs.instance(mixed_job, ordered[0])
+    series = [r["instance_id"] for r in jobs.iter_series(
+        mixed_job, first["patient_id"], first["study_instance_uid"],
+        first["series_instance_uid"])]
+    assert series and series == [i for i in ordered if jobs.instance(mixed_job, i)[
+        "series_instance_uid"] == first["series_instance_uid"]]
+
+
+def test_plans_of_runs_are_the_plans_of_instances(monkeypatch, store, jobs, mixed_job):
+    from dicombox.media.span import plan_runs, plan_volumes
+
+    monkeypatch.setattr(J, "BATCH", 3)
+    sources = [_source(store, r) for r in jobs.iter_instances(mixed_job)]
+    for capacity in (10 ** 7, 90_000, 60_000, 40_000):
+        expected = plan_volumes(sources, capacity, 1000)
+        runs = plan_runs((_source(store, r) for r in jobs.iter_instances(mixed_job)), capacity,
+                         1000, series_of=lambda p, s, e: (
+                             _source(store, r) for r in jobs.iter_series(mixed_job, p, s, e)),
+                         key=lambda source, _position: source.key)
+        assert len(runs) == len(expected), capacity
+        assert jobs.plan(mixed_job, runs, profile="STD-GEN-CD") == 14
+        for n, volume in enumerate(expected, 1):
+            assert {r["sop_instance_uid"] for r in jobs.iter_instances(mixed_job, n)} == \
+                {s.sop_instance_uid for s in volume}, (capacity, n)
+            assert jobs.volume(mixed_job, n)["instances"] == len(volume)
+        if capacity == 40_000:
+            assert any(run.first is not None for volume in runs for run in volume)
+    assert jobs.plan(mixed_job, [[(None, None)]]) == 14
+    assert jobs.count_instances(mixed_job, 1) == 14
+
+
+def test_the_manifest_is_written_as_it_comes_and_read_in_batches(monkeypatch, store, jobs,
+                                                                  mixed_job):
+    monkeypatch.setattr(J, "BATCH", 4)
+    jobs.plan(mixed_job, [jobs.instance_ids(mixed_job)])
+    jobs.set_volume(mixed_job, 1, "planned", files=[("OLD", "00", 1)])
+    lines = [(f"PT000000/IM{i:06d}", f"{i:064x}", i) for i in range(10, 0, -1)]
+    with jobs.manifest_writer(mixed_job, 1) as writer:
+        assert jobs.files(mixed_job, 1) == []           # the earlier list is gone
+        for line in lines:
+            writer.add(*line)
+        assert len(jobs.manifest(mixed_job, 1)) == 8    # two batches committed
+    manifest = jobs.manifest(mixed_job, 1)
+    assert len(manifest) == 10
+    assert list(manifest) == list(manifest) == sorted(lines)
+    assert jobs.files(mixed_job, 1) == sorted(lines)
+    jobs.reset_volumes(mixed_job)
+    assert list(jobs.manifest(mixed_job, 1)) == []
+
+
+def test_release_lists_the_files_to_remove_outside_memory(monkeypatch, tmp_path, store, jobs,
+                                                          mixed_job):
+    def scratch_files():
+        return [p.name for p in (store.root / "tmp").iterdir() if p.name.startswith(".release")]
+
+    monkeypatch.setattr(J, "BATCH", 4)
+    paths = {store.root / "spool" / r["path"] for r in store.db.query("SELECT path FROM instances")}
+    released = jobs.release(mixed_job, delete_job=False)
+    assert len(scratch_files()) == 1                 # the list waits in the store's tmp/
+    assert jobs.count_instances(mixed_job) == 0
+    assert store.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+    listed = list(released)
+    assert listed[-1] == store.root / "jobs" / mixed_job
+    assert set(listed[:-1]) == paths and len(listed) == 15
+    assert scratch_files() == [] and list(released) == []
+    # Nothing to remove, and dropped without being walked: no file left either.
+    jobs.release(mixed_job, delete_job=True)
+    assert scratch_files() == []
+    with pytest.raises(J.UnknownJob):
+        jobs.release(mixed_job, delete_job=True)
+    assert scratch_files() == []

@@ -12,6 +12,7 @@ stick or image, one blocking step at a time:
         path: Path; sop_instance_uid: str; sop_class_uid: str
         study_instance_uid: str; series_instance_uid: str; patient_id: str
         transfer_syntax_uid: str; size: int; sha256: str
+        key: int | None = None   # the caller's handle (the service: its row id)
 
     @dataclass(frozen=True)
     class MediaLabel:            # "Disc 1 of 3" in README.TXT and INDEX.HTM
@@ -19,11 +20,16 @@ stick or image, one blocking step at a time:
         institution: str; created: datetime
 
     def build_fileset(instances, out_dir, *, fileset_id, profile, label,
-                      progress=None, cancel=None, replace=False) -> FileSetResult
+                      progress=None, cancel=None, replace=False,
+                      manifest=None, current=None) -> FileSetResult
         # DICOMDIR + DICOM files + README.TXT + INDEX.HTM + IHE_PDI/ under out_dir
-        # (built in out_dir.partial, renamed when complete and synced).
-        # FileSetResult: files [(relative path, sha256, size)], total_bytes,
-        # profile, fileset_id, instances, converted, patients, studies.
+        # (built in out_dir.partial, renamed when complete and synced); instances
+        # read once, nothing kept per instance in memory.  manifest(path, sha256,
+        # size) receives each file's line as it is written; current(instance)
+        # gives an instance as the spool holds it when its file is copied.
+        # FileSetResult: files [(relative path, sha256, size)] (None with
+        # manifest), total_bytes, profile, fileset_id, instances, converted,
+        # patients, studies.
     def size_on_medium(instance, profile) -> int     # for spanning when decoding
     def fileset_id_from(text) -> str                 # a valid File-set ID
 
@@ -34,6 +40,11 @@ stick or image, one blocking step at a time:
     def plan_volumes(instances, capacity_bytes, overhead_bytes=OVERHEAD_BYTES, *,
                      size_of=None, block_bytes=2048, split_series=True)
         -> list[list[SourceInstance]]    # MediaError("too-small") if one cannot fit
+    def plan_runs(instances, capacity_bytes, overhead_bytes=OVERHEAD_BYTES, *,
+                  series_of, size_of=None, block_bytes=2048, split_series=True,
+                  key=None) -> list[list[Run]]
+        # the same plan from one pass over the job (and one over each series
+        # that must be split), as runs: a study, a series or a run of a series
 
     # iso.py
     def build_iso(fileset_dir, iso_path, volume_id, progress=None, cancel=None) -> int
@@ -54,7 +65,9 @@ stick or image, one blocking step at a time:
         #           needs_iso, else the file-set directory; FolderWriter returns
         #           the path it wrote,
         #       verify(iso_path=None, files=None, *, iso_sha256=None,
-        #              progress=None, cancel=None),
+        #              progress=None, cancel=None)   files: the manifest, any
+        #           iterable that can be walked twice (jobs.Manifest reads the
+        #           index in batches),
         #       eject(cancel=None),
         #       usable_bytes(info) -> int, block_bytes (for plan_volumes)
     def writer_for(kind, **settings); def writer_from_config(config.media)

@@ -6,10 +6,14 @@ placeholder file per instance, then encodes the whole Directory Record
 Sequence in memory: about 10 kB per instance, some 100 MB for a job of
 10 000 images on a box whose services live in 80 MB.  Here each record is
 encoded once, when its instance's header is read, into a spill file (an
-unnamed temporary file next to the file-set); the tree keeps only where each
-record lies in that file.  :meth:`Directory.write` then sizes every subtree,
-so each record's offsets are known before it is written, and copies the
-records in order, filling in the offsets and the Referenced File IDs.
+unnamed temporary file next to the file-set).  Memory keeps where each
+PATIENT, STUDY and SERIES record lies in that file; where each leaf (IMAGE,
+SR DOCUMENT...) lies goes into a table of the build's scratch database
+(:mod:`.scratch`) as it is attached, so nothing is held per instance.
+:meth:`Directory.write` then sizes every subtree (a record's size is its own
+plus the sum of its leaves' sizes, counted as they were attached), so each
+record's offsets are known before it is written, and copies the records in
+order, filling in the offsets and the Referenced File IDs.
 
 The bytes are those ``FileSet.write()`` produces for the same records: the
 records come from pydicom's own record creators (``DIRECTORY_RECORDERS``,
@@ -23,7 +27,9 @@ siblings, in the order the leaves were attached).
 from __future__ import annotations
 
 import os
+import sqlite3
 import struct
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -117,36 +123,58 @@ def _record_key(record: Dataset) -> str:
 
 
 class Record:
-    """A PATIENT, STUDY or SERIES record: where it is in the spill file, its children.
+    """A PATIENT, STUDY or SERIES record (or the root): where it is in the spill file.
 
-    A child is another :class:`Record` or a leaf: the (position, length) of
-    its encoding.  ``component`` is None until the record is attached.
+    Its children are numbered in the order they are attached: the records
+    below it (``uppers``, each knowing its ``index``) and its leaves, whose
+    (position, length) wait in the leaf table of the scratch database, so
+    that nothing is kept per instance.  ``component`` is None until the
+    record is attached.
     """
 
-    __slots__ = ("pos", "length", "prefix", "parent", "children", "component", "size")
+    __slots__ = ("id", "pos", "length", "prefix", "parent", "uppers", "count", "leaf_bytes",
+                 "index", "component", "size")
 
-    def __init__(self, pos: int, length: int, prefix: str, parent: Record | None):
+    def __init__(self, node_id: int, pos: int, length: int, prefix: str,
+                 parent: Record | None):
+        self.id = node_id
         self.pos = pos
         self.length = length
         self.prefix = prefix
         self.parent = parent
-        self.children: list = []
+        self.uppers: list[Record] = []
+        self.count = 0              # children attached (records and leaves)
+        self.leaf_bytes = 0         # items of the leaves attached: 8 + length each
+        self.index = -1             # among the parent's children
         self.component: str | None = None
         self.size = 0
+
+
+#: A leaf record as :meth:`Directory.add` returns it: (node id of its parent,
+#: position and length in the spill file, File ID prefix).  Plain values, so
+#: that the caller can keep it in a table of its own until it attaches it.
+Leaf = tuple[int, int, int, str]
 
 
 class Directory:
     """The directory records of a file-set, spilled to ``spill`` as they are made.
 
     Use: :meth:`add` every instance (any order), then :meth:`attach` each
-    leaf in the order the file-set lists them, then :meth:`write`.
+    leaf in the order the file-set lists them, then :meth:`write`.  The
+    leaves attached are kept in ``db`` (a scratch database,
+    :mod:`.scratch`): memory holds only the PATIENT, STUDY and SERIES records.
     """
 
-    def __init__(self, spill: BinaryIO):
+    def __init__(self, spill: BinaryIO, db: sqlite3.Connection):
         self._spill = spill
         self._end = 0
+        self._db = db
+        db.execute("CREATE TABLE dicomdir_leaves (node INTEGER NOT NULL, idx INTEGER NOT NULL, "
+                   "pos INTEGER NOT NULL, length INTEGER NOT NULL, PRIMARY KEY (node, idx)) "
+                   "WITHOUT ROWID")
         self._uppers: dict[tuple[str, ...], Record] = {}
-        self._root: list = []
+        self._root = Record(0, 0, 0, "", None)
+        self._nodes: list[Record] = [self._root]
         self._leaves = 0
 
     def _put(self, record: Dataset, depth: int) -> tuple[int, int]:
@@ -168,13 +196,12 @@ class Directory:
         self._end += len(body)
         return pos, len(body)
 
-    def add(self, ds: Dataset) -> tuple[Record | None, tuple[int, int, str]]:
+    def add(self, ds: Dataset) -> Leaf:
         """Make and spill the records of an instance (its header, completed).
 
-        Returns its parent record (None for a single-level record) and its
-        leaf, for :meth:`attach`.  The PATIENT, STUDY and SERIES records are
-        made once, from the first instance that needs them.  Raises
-        ValueError when a record cannot be made.
+        Returns its leaf, for :meth:`attach`.  The PATIENT, STUDY and SERIES
+        records are made once, from the first instance that needs them.
+        Raises ValueError when a record cannot be made.
         """
         records = instance_records(ds)
         leaf = records[-1]
@@ -196,48 +223,62 @@ class Directory:
             place = place + (f"{rtype}:{_record_key(record)}",)
             node = self._uppers.get(place)
             if node is None:
-                node = Record(*self._put(record, 0), _PREFIXES[rtype], parent)
+                node = Record(len(self._nodes), *self._put(record, 0), _PREFIXES[rtype],
+                              parent)
+                self._nodes.append(node)
                 self._uppers[place] = node
             parent = node
         pos, length = self._put(leaf, len(records))
         self._leaves += 1
-        return parent, (pos, length, _PREFIXES[leaf.DirectoryRecordType])
+        return (0 if parent is None else parent.id, pos, length,
+                _PREFIXES[leaf.DirectoryRecordType])
 
-    def attach(self, parent: Record | None, leaf: tuple[int, int, str]) -> str:
+    def attach(self, leaf: Leaf) -> str:
         """Put a leaf into the tree after its siblings; return its File ID (``a/b/c/d``)."""
         alphanumeric = self._leaves > 10 ** 6     # as pydicom decides
+        node_id, pos, length, prefix = leaf
+        holder = self._nodes[node_id]
         chain = []
-        node = parent
-        while node is not None and node.component is None:
+        node = holder
+        while node is not self._root and node.component is None:
             chain.append(node)
-            node = node.parent
+            node = node.parent or self._root
         for node in reversed(chain):
-            siblings = self._root if node.parent is None else node.parent.children
-            node.component = component(node.prefix, len(siblings), alphanumeric)
-            siblings.append(node)
-        siblings = self._root if parent is None else parent.children
-        pos, length, prefix = leaf
-        parts = [component(prefix, len(siblings), alphanumeric)]
-        siblings.append((pos, length))
-        node = parent
-        while node is not None:
+            siblings = node.parent or self._root
+            node.index = siblings.count
+            node.component = component(node.prefix, siblings.count, alphanumeric)
+            siblings.count += 1
+            siblings.uppers.append(node)
+        index = holder.count
+        parts = [component(prefix, index, alphanumeric)]
+        self._db.execute("INSERT INTO dicomdir_leaves VALUES (?, ?, ?, ?)",
+                         (node_id, index, pos, length))
+        holder.count += 1
+        holder.leaf_bytes += 8 + length
+        node = holder
+        while node is not self._root:
             parts.append(node.component)
-            node = node.parent
+            node = node.parent or self._root
         return "/".join(reversed(parts))
 
     # -- writing ----------------------------------------------------------------------
 
     @staticmethod
-    def _size(children: list) -> int:
-        """Bytes of the items of ``children`` and everything below them (sets Record.size)."""
-        total = 0
-        for child in children:
-            if type(child) is tuple:
-                total += 8 + child[1]
-            else:
-                child.size = 8 + child.length + Directory._size(child.children)
-                total += child.size
+    def _size(node: Record) -> int:
+        """Bytes of the items of ``node``'s children and everything below them
+        (sets Record.size of the records below)."""
+        total = node.leaf_bytes
+        for child in node.uppers:
+            child.size = 8 + child.length + Directory._size(child)
+            total += child.size
         return total
+
+    def _leaf_rows(self, node: Record) -> Iterator[tuple[int, int, int]]:
+        """(index, position, length) of ``node``'s leaves, in order."""
+        if not node.leaf_bytes:
+            return iter(())
+        return self._db.execute("SELECT idx, pos, length FROM dicomdir_leaves WHERE node = ? "
+                                "ORDER BY idx", (node.id,))
 
     def write(self, path: os.PathLike | str, fileset_id: str, uid: str | None = None) -> None:
         """Write the DICOMDIR to ``path`` (no fsync: the caller syncs the whole tree)."""
@@ -260,29 +301,43 @@ class Directory:
         first_at = fp.tell() + 8                 # value of (0004,1200); (0004,1202) follows
         write_dataset(fp, ds[0x00041200:0x00041220])
         head = bytearray(fp.getvalue())
-        total = self._size(self._root)
+        root = self._root
+        total = self._size(root)
         start = len(head) + 12                   # the first item's tag
-        if self._root:
-            last = self._root[-1]
-            last_size = 8 + last[1] if type(last) is tuple else last.size
+        if root.count:
+            last = root.count - 1
+            if root.uppers and root.uppers[-1].index == last:
+                last_size = root.uppers[-1].size
+            else:
+                (length,) = self._db.execute(
+                    "SELECT length FROM dicomdir_leaves WHERE node = 0 AND idx = ?",
+                    (last,)).fetchone()
+                last_size = 8 + length
             _UL.pack_into(head, first_at, start)
             _UL.pack_into(head, first_at + 12, start + total - last_size)
         with open(path, "wb", buffering=1 << 20) as out:
             out.write(head)
             out.write(_SEQUENCE + _UL.pack(total))
-            self._emit(out, self._root, start, [], self._leaves > 10 ** 6)
+            self._emit(out, root, start, [], self._leaves > 10 ** 6)
 
-    def _emit(self, out: BinaryIO, children: list, offset: int, path: list[str],
+    def _emit(self, out: BinaryIO, node: Record, offset: int, path: list[str],
               alphanumeric: bool) -> None:
-        """Write the items of ``children`` (and below) starting at file offset ``offset``."""
+        """Write the items of ``node``'s children (and below) starting at file offset ``offset``."""
         fd = self._spill.fileno()
-        last = len(children) - 1
-        for i, child in enumerate(children):
-            leaf = type(child) is tuple
+        uppers = iter(node.uppers)
+        upper = next(uppers, None)
+        leaves = self._leaf_rows(node)
+        last = node.count - 1
+        for i in range(node.count):
+            leaf = upper is None or upper.index != i
             if leaf:
-                pos, length = child
+                index, pos, length = next(leaves)
+                if index != i:
+                    raise ValueError("the directory's leaves are out of order")
                 size = 8 + length
+                child = None
             else:
+                child, upper = upper, next(uppers, None)
                 pos, length, size = child.pos, child.length, child.size
             body = bytearray(os.pread(fd, length, pos))
             if len(body) != length:
@@ -291,12 +346,12 @@ class Directory:
                 _UL.pack_into(body, _NEXT_AT, offset + size)
             if leaf:
                 _set_file_id(body, path, i, alphanumeric)
-            elif child.children:
+            elif child.count:
                 _UL.pack_into(body, _LOWER_AT, offset + 8 + length)
             out.write(_ITEM + _UL.pack(length))
             out.write(body)
-            if not leaf:
-                self._emit(out, child.children, offset + 8 + length, path + [child.component],
+            if child is not None:
+                self._emit(out, child, offset + 8 + length, path + [child.component],
                            alphanumeric)
             offset += size
 

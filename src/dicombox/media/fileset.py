@@ -13,10 +13,15 @@ How the files get there matters more on a small box than the records:
 - headers are read without pixel data (large values deferred), one at a
   time: each is turned into its encoded directory records (spilled to an
   unnamed temporary file) and a few strings for the PDI pages, then
-  dropped.  What stays in memory per instance is a sort key while sorting,
-  then its File ID, its place in the record tree and its line of the
-  manifest: well under 1 kB (some 6 MB for 10 000 instances, where a
-  pydicom Dataset per record took 100 MB);
+  dropped.  Nothing stays in memory per instance: its sort key, where its
+  record lies and what is needed to copy it go into a table of a scratch
+  database next to the file-set (:mod:`.scratch`), which also tells an
+  instance listed twice; the table's key is the file-set's order, so the
+  files are copied by walking it.  Each file's line of the manifest goes
+  to the caller's ``manifest`` as the file is written (the media service
+  streams it into its job store), or into a list otherwise.  Memory then
+  follows the number of patients, studies and series, not of instances
+  (a pydicom Dataset per record took 100 MB for 10 000 instances);
 - an instance the profile allows is copied in 1 MiB chunks, hashed on the
   way and checked against the SHA-256 it had in the spool; one the profile
   does not allow is checked the same way, then converted frame by frame by
@@ -36,11 +41,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
-import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,13 +55,13 @@ from pydicom.errors import InvalidDicomError
 
 from .. import memory
 from ..store.fsutil import fsync_dir
-from . import pdi
+from . import pdi, scratch
 from . import profiles as _profiles
 from .convert import convert_to_explicit_le
 from .dicomdir import Directory
 from .errors import MediaError
 from .profiles import Profile
-from .verify import Meter, check_cancel, copy_file, sha256_file
+from .verify import Meter, check_cancel, copy_file, remove_tree, sha256_file
 
 LOGGER = logging.getLogger("dicombox.media.fileset")
 
@@ -69,7 +74,12 @@ _FILESET_ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 @dataclass(frozen=True, slots=True)
 class SourceInstance:
-    """An instance of a job as the spool holds it (a job holds thousands: slots)."""
+    """An instance of a job as the spool holds it (a job holds thousands: slots).
+
+    ``key`` is the caller's own handle for it (the media service: its row
+    id in the job), kept with the instance while the file-set is built and
+    given back to ``current`` (:func:`build_fileset`).
+    """
 
     path: Path
     sop_instance_uid: str
@@ -80,6 +90,7 @@ class SourceInstance:
     transfer_syntax_uid: str
     size: int
     sha256: str
+    key: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,9 @@ class MediaLabel:
 class FileSetResult:
     """What was built: every file with its SHA-256 and size (what verification compares)."""
 
-    files: list[tuple[str, str, int]]   # (relative path with "/", sha256 hex, size)
+    #: (relative path with "/", sha256 hex, size), sorted; None when the lines
+    #: went to the ``manifest`` callback of :func:`build_fileset` instead.
+    files: list[tuple[str, str, int]] | None
     total_bytes: int
     profile: str
     fileset_id: str = ""
@@ -258,9 +271,10 @@ def _summarise(ds, patients: dict[str, pdi.PatientInfo]) -> None:
 
 def _number(value) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return 0.0
+    return 0.0 if math.isnan(number) else number
 
 
 def _read_header(src: SourceInstance):
@@ -280,51 +294,79 @@ def _read_header(src: SourceInstance):
     return ds
 
 
-def _prepare(instances: Sequence[SourceInstance], directory: Directory, profile: Profile,
+#: The build's table of instances (scratch database).  Its key is the order of
+#: the file-set: patients and studies as they first appear, series by number,
+#: instances by number (the SOP Instance UID makes it unique); ``uid`` alone is
+#: unique too (an instance listed twice is written once).
+_ENTRIES = (
+    "CREATE TABLE entries (patient INTEGER NOT NULL, study INTEGER NOT NULL, "
+    "series_number REAL NOT NULL, series INTEGER NOT NULL, instance_number REAL NOT NULL, "
+    "uid TEXT NOT NULL, node INTEGER NOT NULL, pos INTEGER NOT NULL, length INTEGER NOT NULL, "
+    "prefix TEXT NOT NULL, convert INTEGER NOT NULL, path TEXT NOT NULL, "
+    "sop_class_uid TEXT NOT NULL, study_instance_uid TEXT NOT NULL, "
+    "series_instance_uid TEXT NOT NULL, patient_id TEXT NOT NULL, "
+    "transfer_syntax_uid TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, "
+    "key INTEGER, PRIMARY KEY (patient, study, series_number, series, instance_number, uid)) "
+    "WITHOUT ROWID",
+    "CREATE UNIQUE INDEX entries_uid ON entries (uid)",
+)
+_INSERT = "INSERT INTO entries VALUES (" + ", ".join("?" * 20) + ")"
+_PLACEMENT = ("SELECT node, pos, length, prefix, convert, path, uid, sop_class_uid, "
+              "study_instance_uid, series_instance_uid, patient_id, transfer_syntax_uid, "
+              "size, sha256, key FROM entries "
+              "ORDER BY patient, study, series_number, series, instance_number, uid")
+
+
+def _prepare(instances: Iterable[SourceInstance], directory: Directory, db, profile: Profile,
              created: datetime, cancel: threading.Event | None
-             ) -> tuple[list[tuple], dict[str, pdi.PatientInfo], int]:
+             ) -> tuple[dict[str, pdi.PatientInfo], int, int]:
     """Read each header once: directory records, target syntax, summary, order.
 
-    Returns one tuple per instance to write, ``(sort key..., instance index,
-    parent record, leaf, convert)``, sorted in the order of the file-set:
-    patients and studies as they first appear, series by number, instances
-    by number.  The header itself is dropped as soon as it was used.
+    Puts one row per instance to write into the ``entries`` table of ``db``
+    (:data:`_ENTRIES`: its place in the file-set's order, its leaf record,
+    whether it is converted, and the instance itself) and returns the
+    summary for the PDI pages, the number of instances kept outside their
+    profile, and the number of rows.  The header itself is dropped as soon
+    as it was used.
     """
+    for statement in _ENTRIES:
+        db.execute(statement)
     counters = _Counters()
     patients: dict[str, pdi.PatientInfo] = {}
     order: dict[str, int] = {}
-    entries: list[tuple] = []
-    seen: set[str] = set()
     outside = 0
+    count = 0
     for index, src in enumerate(instances):
         check_cancel(cancel)
         memory.release_every(index)
-        if src.sop_instance_uid in seen:
+        if db.execute("SELECT 1 FROM entries WHERE uid = ?",
+                      (src.sop_instance_uid,)).fetchone() is not None:
             LOGGER.info("instance %s is twice in the job; written once", src.sop_instance_uid)
             continue
-        seen.add(src.sop_instance_uid)
         ds = _read_header(src)
         _complete_header(ds, created, counters)
         stored = str(ds.file_meta.TransferSyntaxUID)
         target = _target_syntax(profile, stored, src)
         ds.file_meta.TransferSyntaxUID = target
         try:
-            parent, leaf = directory.add(ds)
+            node, pos, length, prefix = directory.add(ds)
         except (ValueError, KeyError, AttributeError, TypeError) as exc:
             raise MediaError("build-failed",
                              f"{src.path.name}: no DICOMDIR record can be made: {exc}") from exc
         _summarise(ds, patients)
-        entries.append((order.setdefault("P" + str(ds.PatientID), len(order)),
-                        order.setdefault("S" + str(ds.StudyInstanceUID), len(order)),
-                        _number(ds.SeriesNumber),
-                        order.setdefault("E" + str(ds.SeriesInstanceUID), len(order)),
-                        _number(ds.get("InstanceNumber")), src.sop_instance_uid,
-                        index, parent, leaf, target != stored))
+        db.execute(_INSERT, (
+            order.setdefault("P" + str(ds.PatientID), len(order)),
+            order.setdefault("S" + str(ds.StudyInstanceUID), len(order)),
+            _number(ds.SeriesNumber),
+            order.setdefault("E" + str(ds.SeriesInstanceUID), len(order)),
+            _number(ds.get("InstanceNumber")), src.sop_instance_uid,
+            node, pos, length, prefix, target != stored,
+            str(src.path), src.sop_class_uid, src.study_instance_uid, src.series_instance_uid,
+            src.patient_id, src.transfer_syntax_uid, src.size, src.sha256, src.key))
+        count += 1
         outside += target == stored and not profile.allows(stored)
         del ds
-    del seen
-    entries.sort(key=lambda e: e[:6])
-    return entries, patients, outside
+    return patients, outside, count
 
 
 def _place(src: SourceInstance, converted: bool, dst: Path, meter: Meter) -> tuple[str, int]:
@@ -349,84 +391,106 @@ def _place(src: SourceInstance, converted: bool, dst: Path, meter: Meter) -> tup
         raise MediaError("source-changed", f"spool file {src.path} is missing") from None
 
 
-def build_fileset(instances: Sequence[SourceInstance], out_dir: Path, *, fileset_id: str,
+def build_fileset(instances: Iterable[SourceInstance], out_dir: Path, *, fileset_id: str,
                   profile: str, label: MediaLabel,
                   progress: Callable[[int, int], None] | None = None,
                   cancel: threading.Event | None = None,
-                  replace: bool = False) -> FileSetResult:
+                  replace: bool = False,
+                  manifest: Callable[[str, str, int], None] | None = None,
+                  current: Callable[[SourceInstance], SourceInstance] | None = None
+                  ) -> FileSetResult:
     """Write DICOMDIR, the DICOM files, README.TXT, INDEX.HTM and IHE_PDI/ under ``out_dir``.
 
-    ``out_dir`` must not exist (or be empty), unless ``replace`` is true (a
-    step that restarts after a crash rebuilds its file-set).  ``progress``
-    receives (bytes of instances done, bytes of instances in total).  Raises
-    :class:`MediaError` (``build-failed``, ``source-changed``, ``cancelled``)
-    and leaves nothing behind when it does.
+    ``instances`` is read once, in any order.  ``out_dir`` must not exist
+    (or be empty), unless ``replace`` is true (a step that restarts after a
+    crash rebuilds its file-set).  ``progress`` receives (bytes of instances
+    done, bytes of instances in total).  ``manifest``, when given, receives
+    the line (relative path, SHA-256, size) of every file as it is written,
+    and the result's ``files`` is then None.  ``current``, when given, is
+    asked for each instance again just before its file is copied (the
+    instance as the spool holds it then: a resent instance's earlier copy
+    may have moved meanwhile).  Raises :class:`MediaError`
+    (``build-failed``, ``source-changed``, ``cancelled``) and leaves nothing
+    behind when it does.
     """
     out_dir = Path(out_dir)
     prof = _profiles.get(profile)
     fsid = fileset_id_from(fileset_id)
-    if not instances:
+    if isinstance(instances, Sized) and not len(instances):
         raise MediaError("build-failed", "the job holds no instances")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not replace:
             raise MediaError("build-failed", f"{out_dir} is not empty")
-        shutil.rmtree(out_dir)
+        remove_tree(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     if partial.exists():
-        shutil.rmtree(partial)
+        remove_tree(partial)
     try:
-        return _build(instances, out_dir, partial, fsid, prof, label, progress, cancel)
+        return _build(instances, out_dir, partial, fsid, prof, label, progress, cancel,
+                      manifest, current)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial, ignore_errors=True)
         raise
 
 
-def _build(instances: Sequence[SourceInstance], out_dir: Path, partial: Path, fsid: str,
-           prof: Profile, label: MediaLabel, progress, cancel) -> FileSetResult:
+def _build(instances: Iterable[SourceInstance], out_dir: Path, partial: Path, fsid: str,
+           prof: Profile, label: MediaLabel, progress, cancel, manifest, current
+           ) -> FileSetResult:
     partial.mkdir(parents=True)
+    files: list[tuple[str, str, int]] | None = None
+    if manifest is None:
+        files = []
+        manifest = lambda *line: files.append(line)  # noqa: E731
+    total_bytes = count = converted = 0
     # The encoded directory records wait in an unnamed file next to the
-    # file-set (never in the listing, gone when closed), not in memory.
-    with tempfile.TemporaryFile(dir=partial) as spill:
-        directory = Directory(spill)
-        placed, patients, outside = _prepare(instances, directory, prof, label.created, cancel)
-        for i, (*_, index, parent, leaf, convert) in enumerate(placed):
+    # file-set (never in the listing, gone when closed), the table of
+    # instances in a scratch database there (removed before the file-set is
+    # complete), not in memory.
+    with tempfile.TemporaryFile(dir=partial) as spill, \
+            scratch.scratch_db(partial, ".build-") as db:
+        directory = Directory(spill, db)
+        patients, outside, count = _prepare(instances, directory, db, prof, label.created,
+                                            cancel)
+        if not count:
+            raise MediaError("build-failed", "the job holds no instances")
+        (planned,) = db.execute("SELECT SUM(size) FROM entries").fetchone()
+        meter = Meter(planned, progress, cancel)
+        folder = None
+        for i, (node, pos, length, prefix, convert, *row) in enumerate(db.execute(_PLACEMENT)):
+            memory.release_every(i)
             try:
-                rel = directory.attach(parent, leaf)
+                rel = directory.attach((node, pos, length, prefix))
             except ValueError as exc:
                 raise MediaError("build-failed", f"too many instances: {exc}") from exc
-            placed[i] = (index, rel, convert)
+            src = SourceInstance(Path(row[0]), *row[1:])
+            if current is not None:
+                src = current(src)
+            dst = partial / rel
+            try:
+                if dst.parent != folder:
+                    folder = dst.parent
+                    folder.mkdir(parents=True, exist_ok=True)
+                sha, size = _place(src, convert, dst, meter)
+            except OSError as exc:
+                raise MediaError("build-failed", f"cannot write {rel}: {exc.strerror}") from exc
+            converted += convert
+            total_bytes += size
+            manifest(rel, sha, size)
         try:
             directory.write(partial / "DICOMDIR", fsid)
         except (OSError, ValueError) as exc:
             raise MediaError("build-failed", f"cannot write the DICOMDIR: {exc}") from exc
         del directory
-    meter = Meter(sum(instances[index].size for index, _, _ in placed), progress, cancel)
-    # Each slot of ``placed`` becomes the file's manifest line as it is written.
-    files: list = placed
-    converted = 0
-    folder = None
-    for i, (index, rel, convert) in enumerate(placed):
-        memory.release_every(i)
-        src = instances[index]
-        dst = partial / rel
-        try:
-            if dst.parent != folder:
-                folder = dst.parent
-                folder.mkdir(parents=True, exist_ok=True)
-            sha, size = _place(src, convert, dst, meter)
-        except OSError as exc:
-            raise MediaError("build-failed", f"cannot write {rel}: {exc.strerror}") from exc
-        converted += convert
-        files[i] = (rel, sha, size)
-    count = len(files)
     media = prof.media
     plist = list(patients.values())
     extras = pdi.write_extras(partial, plist, volume_text=label.volume_text(media), label=label,
                               profile=prof, fileset_id=fsid, instances=count)
     for path in [partial / "DICOMDIR", *extras]:
         sha, size = sha256_file(path)
-        files.append(("/".join(path.relative_to(partial).parts), sha, size))
-    files.sort()
+        total_bytes += size
+        manifest("/".join(path.relative_to(partial).parts), sha, size)
+    if files is not None:
+        files.sort()
     check_cancel(cancel)
     # One sync for the whole tree is much cheaper than an fsync per file on
     # an SD card, and the rename below publishes only a durable file-set.
@@ -435,7 +499,7 @@ def _build(instances: Sequence[SourceInstance], out_dir: Path, partial: Path, fs
     fsync_dir(out_dir.parent)
     meter.finish()
     return FileSetResult(
-        files=files, total_bytes=sum(size for _, _, size in files), profile=prof.name,
+        files=files, total_bytes=total_bytes, profile=prof.name,
         fileset_id=fsid, instances=count, converted=converted,
         outside_profile=outside, patients=len(plist),
         studies=sum(len(p.studies) for p in plist))

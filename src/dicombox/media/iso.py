@@ -34,7 +34,7 @@ from pathlib import Path
 from ..store.fsutil import fsync_dir
 from . import proc
 from .errors import MediaError
-from .verify import check_cancel
+from .verify import check_cancel, walk_tree
 
 _DIR_NAME = re.compile(r"^[A-Z0-9_]{1,8}$")
 _FILE_NAME = re.compile(r"^[A-Z0-9_]{1,8}(\.[A-Z0-9_]{1,3})?$")
@@ -67,29 +67,36 @@ def iso9660_name(name: str) -> str:
     return (name if "." in name else name + ".") + ";1"
 
 
+def _check_name(rel: str, is_dir: bool) -> None:
+    """Refuse what ISO 9660 level 1 cannot name (``rel``: the path under the root)."""
+    name = rel.rpartition("/")[2]
+    if is_dir:
+        if not _DIR_NAME.match(name):
+            raise MediaError("build-failed", f"{rel} is not an ISO 9660 level 1 directory name")
+        if rel.count("/") + 1 >= MAX_DEPTH:
+            raise MediaError("build-failed", f"{rel} is nested too deeply for ISO 9660")
+    elif not _FILE_NAME.match(name):
+        raise MediaError("build-failed", f"{rel} is not an ISO 9660 level 1 (8.3) file name")
+
+
 def _walk(root: Path) -> Iterator[tuple[str, Path | None, int]]:
     """The directories (path ``None``) and files under ``root``, sorted, checked for level 1.
 
-    A generator, so that a large file-set is checked and counted without
-    holding a list of its files.
+    Each directory is listed whole to be sorted: for the in-process build
+    only (at most :data:`INLINE_MAX_FILES` entries).
     """
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        rel = Path(dirpath).relative_to(root)
-        depth = len(rel.parts)
+        parts = Path(dirpath).relative_to(root).parts
         for d in dirnames:
-            if not _DIR_NAME.match(d):
-                raise MediaError("build-failed",
-                                 f"{rel / d} is not an ISO 9660 level 1 directory name")
-            if depth + 1 >= MAX_DEPTH:
-                raise MediaError("build-failed", f"{rel / d} is nested too deeply for ISO 9660")
-            yield "/".join((*rel.parts, d)), None, 0
+            rel = "/".join((*parts, d))
+            _check_name(rel, True)
+            yield rel, None, 0
         for f in sorted(filenames):
-            if not _FILE_NAME.match(f):
-                raise MediaError("build-failed",
-                                 f"{rel / f} is not an ISO 9660 level 1 (8.3) file name")
+            rel = "/".join((*parts, f))
+            _check_name(rel, False)
             path = Path(dirpath, f)
-            yield "/".join((*rel.parts, f)), path, path.stat().st_size
+            yield rel, path, path.stat().st_size
 
 
 def _collect(root: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
@@ -118,7 +125,10 @@ def build_iso(fileset_dir: Path, iso_path: Path, volume_id: str,
     volid = volume_id_from(volume_id)
     entries, data_bytes = 0, 0
     try:
-        for _rel, _path, size in _walk(fileset_dir):
+        # Checked and counted as the file system lists them (walk_tree holds
+        # no directory's listing: a series folder may have thousands of files).
+        for rel, _path, is_dir, size in walk_tree(fileset_dir):
+            _check_name(rel, is_dir)
             entries += 1
             data_bytes += -(-size // SECTOR) * SECTOR
     except OSError as exc:

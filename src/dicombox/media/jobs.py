@@ -65,6 +65,7 @@ from pathlib import Path
 
 from ..store import Database, Migration
 from ..store.fsutil import fsync_dir, makedirs_durable
+from . import scratch
 
 COLLECTING = "collecting"
 READY = "ready"
@@ -209,7 +210,19 @@ MIGRATIONS = [
             last INTEGER NOT NULL
         )
     """),
+    # A job's (or volume's) instances in their order straight from an index:
+    # read in batches, without SQLite sorting the whole job (a sort that
+    # outgrows its cache spills into /var/tmp, a tmpfs on the appliance).
+    Migration("media-jobs-2", """
+        CREATE INDEX media_job_instances_order ON media_job_instances(
+            job_id, study_instance_uid, series_instance_uid, instance_id)
+    """),
 ]
+
+#: Rows read in one query when a job's instances or a volume's files are walked:
+#: each batch is a short read, so nothing holds the whole job, and a long step
+#: does not keep one snapshot of the index open all along.
+BATCH = 256
 
 #: Commands the service executes from ``media_commands``.
 COMMANDS = ("burn", "cancel", "eject", "retry", "delete")
@@ -448,15 +461,52 @@ class JobStore:
         return [dict(r) for r in self.iter_instances(job_id, volume)]
 
     def iter_instances(self, job_id: str, volume: int | None = None) -> Iterator[sqlite3.Row]:
-        """The job's instances row by row, for a caller that keeps only a few columns
-        (a job of 10 000 instances as a list of dicts takes some 13 MB)."""
-        sql = "SELECT * FROM media_job_instances WHERE job_id = ?"
+        """The job's instances row by row (by study, series and id), for a caller that
+        keeps only a few columns (a job of 10 000 instances as a list of dicts takes
+        some 13 MB).  Read :data:`BATCH` rows at a time."""
+        where = "job_id = ?"
+        params: list = [job_id]
+        if volume is not None:
+            where += " AND volume = ?"
+            params.append(volume)
+        order = "study_instance_uid, series_instance_uid, instance_id"
+        after: list = []
+        while True:
+            rows = self.db.read_conn().execute(
+                f"SELECT * FROM media_job_instances WHERE {where}"
+                + (f" AND ({order}) > (?, ?, ?)" if after else "")
+                + f" ORDER BY {order} LIMIT ?", [*params, *after, BATCH]).fetchall()
+            yield from rows
+            if len(rows) < BATCH:
+                return
+            last = rows[-1]
+            after = [last["study_instance_uid"], last["series_instance_uid"],
+                     last["instance_id"]]
+
+    def iter_series(self, job_id: str, patient_id: str, study_instance_uid: str,
+                    series_instance_uid: str) -> Iterator[sqlite3.Row]:
+        """The job's instances of one patient's series, by id (the order of
+        :meth:`iter_instances`), :data:`BATCH` rows at a time."""
+        after = -(1 << 63)
+        while True:
+            rows = self.db.read_conn().execute(
+                "SELECT * FROM media_job_instances WHERE job_id = ? AND study_instance_uid = ? "
+                "AND series_instance_uid = ? AND instance_id > ? AND patient_id = ? "
+                "ORDER BY instance_id LIMIT ?",
+                (job_id, study_instance_uid, series_instance_uid, after, patient_id,
+                 BATCH)).fetchall()
+            yield from rows
+            if len(rows) < BATCH:
+                return
+            after = rows[-1]["instance_id"]
+
+    def count_instances(self, job_id: str, volume: int | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM media_job_instances WHERE job_id = ?"
         params: list = [job_id]
         if volume is not None:
             sql += " AND volume = ?"
             params.append(volume)
-        sql += " ORDER BY study_instance_uid, series_instance_uid, instance_id"
-        yield from self.db.read_conn().execute(sql, params)
+        return self.db.read_conn().execute(sql, params).fetchone()[0]
 
     def instance_ids(self, job_id: str, volume: int | None = None) -> list[int]:
         """The ids of :meth:`iter_instances`' rows, in the same order."""
@@ -486,21 +536,38 @@ class JobStore:
 
     # -- volumes ---------------------------------------------------------------------
 
-    def plan(self, job_id: str, volumes: list[list[int]], *, profile: str = "",
-             writer: str = "") -> None:
-        """Record which instances go on which volume (instance ids per volume)."""
+    def plan(self, job_id: str, volumes: list[list], *, profile: str = "",
+             writer: str = "") -> int:
+        """Record which instances go on which volume; return how many were planned.
+
+        Each volume is a list of instance ids, or of selections (tuples like
+        :class:`.span.Run`: patient ID, study, series, first and last
+        instance id) that stand for many instances at once: every instance of
+        the patient's study (series None), of one of its series (first None),
+        or of a run of that series from instance id ``first`` to ``last``;
+        ``(None, None)``: every instance of the job.
+        """
+        total = 0
         with self.db.write() as conn:
             conn.execute("DELETE FROM media_volumes WHERE job_id = ?", (job_id,))
             conn.execute("UPDATE media_job_instances SET volume = NULL WHERE job_id = ?",
                          (job_id,))
-            for n, ids in enumerate(volumes, 1):
+            for n, selections in enumerate(volumes, 1):
+                ids = [i for i in selections if isinstance(i, int)]
                 conn.executemany("UPDATE media_job_instances SET volume = ? WHERE job_id = ? "
                                  "AND instance_id = ?", [(n, job_id, i) for i in ids])
-                size = conn.execute("SELECT COALESCE(SUM(size), 0) FROM media_job_instances "
-                                    "WHERE job_id = ? AND volume = ?", (job_id, n)).fetchone()
+                for selection in selections:
+                    if not isinstance(selection, int):
+                        where, params = _selection(selection)
+                        conn.execute(f"UPDATE media_job_instances SET volume = ? WHERE "
+                                     f"job_id = ?{where}", [n, job_id, *params])
+                count, size = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM media_job_instances "
+                    "WHERE job_id = ? AND volume = ?", (job_id, n)).fetchone()
+                total += count
                 conn.execute("INSERT INTO media_volumes (job_id, volume, state, instances, "
                              "bytes, profile) VALUES (?, ?, 'planned', ?, ?, ?)",
-                             (job_id, n, len(ids), size[0], profile))
+                             (job_id, n, count, size, profile))
             conn.execute("UPDATE media_jobs SET volumes = ?, volume = 1, attempts = 0, "
                          "profile = ?, writer = ?, updated_at = ? WHERE id = ?",
                          (len(volumes), profile, writer, time.time(), job_id))
@@ -509,6 +576,7 @@ class JobStore:
             self._log(conn, job_id, state["state"] if state else READY,
                       f"planned {len(volumes)} volume(s), profile {profile or '-'}",
                       time.time())
+        return total
 
     def volume(self, job_id: str, volume: int) -> dict | None:
         row = self.db.query_one("SELECT * FROM media_volumes WHERE job_id = ? AND volume = ?",
@@ -521,7 +589,7 @@ class JobStore:
 
     def set_volume(self, job_id: str, volume: int, state: str, files=None, **columns) -> None:
         """Move a volume to ``state``; ``files`` (relpath, sha256, size) are its
-        built file list (replacing any earlier one)."""
+        built file list (replacing any earlier one; see also :meth:`manifest_writer`)."""
         if state not in VOLUME_STATES:
             raise ValueError(f"unknown volume state {state!r}")
         columns = {"state": state, **columns}
@@ -536,9 +604,15 @@ class JobStore:
                                  ((job_id, volume, str(p), h, s) for p, h, s in files))
 
     def files(self, job_id: str, volume: int) -> list[tuple[str, str, int]]:
-        return [(r["path"], r["sha256"], r["size"]) for r in self.db.query(
-            "SELECT path, sha256, size FROM media_files WHERE job_id = ? AND volume = ? "
-            "ORDER BY path", (job_id, volume))]
+        return list(self.manifest(job_id, volume))
+
+    def manifest(self, job_id: str, volume: int) -> Manifest:
+        """The files of a built volume, read from the index whenever they are walked."""
+        return Manifest(self.db, job_id, volume)
+
+    def manifest_writer(self, job_id: str, volume: int) -> ManifestWriter:
+        """Where a volume's files go while its file-set is built (see :class:`ManifestWriter`)."""
+        return ManifestWriter(self.db, job_id, volume)
 
     def reset_volumes(self, job_id: str) -> None:
         """Forget the plan (a retried job is planned again for its new medium)."""
@@ -551,38 +625,41 @@ class JobStore:
 
     # -- removing ------------------------------------------------------------------------
 
-    def release(self, job_id: str, delete_job: bool) -> list[Path]:
+    def release(self, job_id: str, delete_job: bool) -> Released:
         """Drop the job's hold on its instances (and the job row if ``delete_job``).
 
         Instances no other job holds leave the index; the returned files
         (spool files and the job's folder) are to be removed by the caller
-        after this committed.
+        after this committed.  They are listed in a scratch file of the
+        store's ``tmp/`` folder, not in memory (a job of 100 000 instances
+        would take some 40 MB as a list), and read back as they are iterated.
         """
-        files: list[Path] = []
-        with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM media_jobs WHERE id = ?", (job_id,)).fetchone() \
-                    is None:
-                raise UnknownJob(job_id)
-            held = conn.execute("SELECT instance_id FROM media_job_instances WHERE job_id = ?",
-                                (job_id,)).fetchall()
-            conn.execute("DELETE FROM media_job_instances WHERE job_id = ?", (job_id,))
-            for r in held:
-                iid = r["instance_id"]
-                if conn.execute("SELECT 1 FROM media_job_instances WHERE instance_id = ? "
-                                "LIMIT 1", (iid,)).fetchone():
-                    continue
-                inst = conn.execute("SELECT path FROM instances WHERE id = ?",
-                                    (iid,)).fetchone()
-                if inst is not None:
-                    conn.execute("DELETE FROM instances WHERE id = ?", (iid,))
-                    files.append(self.root / "spool" / inst["path"])
-            if delete_job:
-                conn.execute("DELETE FROM media_jobs WHERE id = ?", (job_id,))
-            else:
-                conn.execute("UPDATE media_jobs SET purged_at = ?, updated_at = ? WHERE id = ?",
-                             (time.time(), time.time(), job_id))
-        files.append(self.root / "jobs" / job_id)
-        return files
+        spill = scratch.open_db(self.root / "tmp", ".release-")
+        try:
+            spill.execute("CREATE TABLE released (id INTEGER NOT NULL, path TEXT NOT NULL)")
+            with self.db.write() as conn:
+                if conn.execute("SELECT 1 FROM media_jobs WHERE id = ?",
+                                (job_id,)).fetchone() is None:
+                    raise UnknownJob(job_id)
+                cursor = conn.execute(
+                    "SELECT m.instance_id, i.path FROM media_job_instances m "
+                    "JOIN instances i ON i.id = m.instance_id WHERE m.job_id = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM media_job_instances o "
+                    "WHERE o.instance_id = m.instance_id AND o.job_id != ?)", (job_id, job_id))
+                while rows := cursor.fetchmany(BATCH):
+                    spill.executemany("INSERT INTO released VALUES (?, ?)", rows)
+                for rows in _batches(spill.execute("SELECT id FROM released ORDER BY rowid")):
+                    conn.executemany("DELETE FROM instances WHERE id = ?", rows)
+                conn.execute("DELETE FROM media_job_instances WHERE job_id = ?", (job_id,))
+                if delete_job:
+                    conn.execute("DELETE FROM media_jobs WHERE id = ?", (job_id,))
+                else:
+                    conn.execute("UPDATE media_jobs SET purged_at = ?, updated_at = ? "
+                                 "WHERE id = ?", (time.time(), time.time(), job_id))
+        except BaseException:
+            scratch.close(spill)
+            raise
+        return Released(spill, self.root / "spool", self.root / "jobs" / job_id)
 
     def expired(self, keep_seconds: float, now: float | None = None) -> list[str]:
         """Finished jobs whose instances have been kept long enough."""
@@ -609,6 +686,135 @@ class JobStore:
         with self.db.write() as conn:
             conn.execute("UPDATE media_commands SET handled_at = ?, result = ? WHERE id = ? "
                          "AND handled_at IS NULL", (time.time(), result, command_id))
+
+
+def _selection(selection) -> tuple[str, list]:
+    """The WHERE clause (after ``job_id = ?``) of a selection of :meth:`JobStore.plan`."""
+    patient, study, *rest = selection
+    series, first, last = (list(rest) + [None, None, None])[:3]
+    if patient is None and study is None:
+        return "", []
+    where, params = " AND patient_id = ? AND study_instance_uid = ?", [patient, study]
+    if series is not None:
+        where += " AND series_instance_uid = ?"
+        params.append(series)
+        if first is not None:
+            where += " AND instance_id BETWEEN ? AND ?"
+            params += [first, last]
+    return where, params
+
+
+class Manifest:
+    """The files (relative path, SHA-256, size) of a built volume, in path order.
+
+    Iterable as often as needed; each walk reads the index :data:`BATCH`
+    rows at a time, so verifying a volume of any size holds a batch, not
+    the volume's list.
+    """
+
+    def __init__(self, db: Database, job_id: str, volume: int):
+        self.db = db
+        self.job_id = job_id
+        self.volume = volume
+
+    def __iter__(self) -> Iterator[tuple[str, str, int]]:
+        after = None
+        while True:
+            rows = self.db.read_conn().execute(
+                "SELECT path, sha256, size FROM media_files WHERE job_id = ? AND volume = ?"
+                + (" AND path > ?" if after is not None else "") + " ORDER BY path LIMIT ?",
+                [self.job_id, self.volume, *([after] if after is not None else []),
+                 BATCH]).fetchall()
+            for r in rows:
+                yield r[0], r[1], r[2]
+            if len(rows) < BATCH:
+                return
+            after = rows[-1][0]
+
+    def __len__(self) -> int:
+        return self.db.read_conn().execute(
+            "SELECT COUNT(*) FROM media_files WHERE job_id = ? AND volume = ?",
+            (self.job_id, self.volume)).fetchone()[0]
+
+
+class ManifestWriter:
+    """A volume's files, written into the index as the file-set builder places them.
+
+    Opening it forgets the volume's earlier list; :meth:`add` takes one line
+    at a time and commits every :data:`BATCH` lines, without a sync of their
+    own (a lost batch is harmless: the list counts only once the volume is
+    ``built``, and that commit is durable, which makes every earlier one
+    durable too).  A build that stops half-way leaves a partial list behind
+    a volume that is still ``planned``; the next build starts it again.
+    """
+
+    def __init__(self, db: Database, job_id: str, volume: int):
+        self.db = db
+        self.job_id = job_id
+        self.volume = volume
+        self._lines: list[tuple] = []
+        self.count = 0
+        with db.write(durable=False) as conn:
+            conn.execute("DELETE FROM media_files WHERE job_id = ? AND volume = ?",
+                         (job_id, volume))
+
+    def add(self, path: str, sha256: str, size: int) -> None:
+        self._lines.append((self.job_id, self.volume, path, sha256, size))
+        self.count += 1
+        if len(self._lines) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            with self.db.write(durable=False) as conn:
+                conn.executemany("INSERT INTO media_files VALUES (?, ?, ?, ?, ?)", self._lines)
+            self._lines.clear()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.flush()
+
+
+def _batches(cursor) -> Iterator[list]:
+    while rows := cursor.fetchmany(BATCH):
+        yield rows
+
+
+class Released:
+    """The files a :meth:`JobStore.release` leaves to remove: the spool files that no
+    job holds any more, then the job's own folder.
+
+    Read from the release's scratch file as they are iterated (once); the
+    file goes when the iteration ends or the object is closed or dropped.
+    """
+
+    def __init__(self, spill, spool: Path, folder: Path):
+        self._spill = spill
+        self._spool = spool
+        self._folder = folder
+
+    def __iter__(self) -> Iterator[Path]:
+        if self._spill is None:
+            return
+        try:
+            for rows in _batches(self._spill.execute("SELECT path FROM released "
+                                                     "ORDER BY rowid")):
+                for (path,) in rows:
+                    yield self._spool / path
+            yield self._folder
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._spill is not None:
+            scratch.close(self._spill)
+            self._spill = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _description(info) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from array import array
@@ -46,6 +45,7 @@ from . import jobs as J
 from .errors import MediaError
 from .jobs import JobStore
 from .udev import MediumEvent
+from .verify import remove_tree, walk_tree
 
 LOGGER = logging.getLogger("dicombox.media.runner")
 
@@ -188,11 +188,12 @@ def profiles():
 class JobSources(Sequence):
     """A volume's instances for the media library, read from the job store on demand.
 
-    The file-set builder goes through a job's instances twice (headers in
-    order, then files in file-set order); holding them as objects costs
-    about 1 kB each (10 MB for a job of 10 000 images).  Here only their
-    row ids are held (8 bytes each); an instance is read from the index
-    when it is wanted and dropped after use.
+    Holding a job's instances as objects costs about 1 kB each (10 MB for a
+    job of 10 000 images).  Here nothing is held per instance: the file-set
+    builder walks them once, read from the index in batches
+    (:meth:`JobStore.iter_instances`), and asks for each one again when it
+    copies its file (:meth:`current`: its row as it is then).  Random access
+    by position (``sources[i]``) reads the volume's row ids on first use.
     """
 
     def __init__(self, jobs: JobStore, job_id: str, volume: int | None, make):
@@ -200,24 +201,33 @@ class JobSources(Sequence):
         self.job_id = job_id
         self.volume = volume
         self._make = make
-        self._ids = array("q", jobs.instance_ids(job_id, volume))
+        self._count = jobs.count_instances(job_id, volume)
+        self._ids: array | None = None
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._count
 
     def __iter__(self):
         shared: dict[str, str] = {}
         for row in self.jobs.iter_instances(self.job_id, self.volume):
             yield self._make(row, shared)
 
+    def _row(self, instance_id: int):
+        row = self.jobs.instance(self.job_id, instance_id)
+        if row is None:
+            raise MediaError("source-changed", f"instance {instance_id} left job {self.job_id}")
+        return self._make(row, {})
+
+    def current(self, source):
+        """``source`` (one of these instances) as the job store holds it now."""
+        return self._row(source.key)
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        row = self.jobs.instance(self.job_id, self._ids[index])
-        if row is None:
-            raise MediaError("source-changed",
-                             f"instance {self._ids[index]} left job {self.job_id}")
-        return self._make(row, {})
+        if self._ids is None:
+            self._ids = array("q", self.jobs.instance_ids(self.job_id, self.volume))
+        return self._row(self._ids[index])
 
 
 class JobRunner(Worker):
@@ -637,22 +647,26 @@ class JobRunner(Worker):
         if not capacity and self.media.writer != "folder" and medium.info is not None:
             capacity = writer.usable_bytes(medium.info)
         if capacity:
-            sources, ids, shared = [], {}, {}
-            for row in self.jobs.iter_instances(job["id"]):
-                source = self._source(row, shared)
-                sources.append(source)
-                ids[source.sop_instance_uid] = row["instance_id"]
-            groups = span.plan_volumes(sources, capacity,
-                                       size_of=lambda s: fileset.size_on_medium(s, profile),
-                                       block_bytes=writer.block_bytes)
-            plan = [[ids[s.sop_instance_uid] for s in group] for group in groups]
-            del sources, ids, shared, groups
+            # Planned from the totals of each series, read from the index in
+            # batches: nothing is held per instance (a list of the job took
+            # about 1 kB an instance).
+            shared: dict[str, str] = {}
+
+            def sources(rows):
+                return (self._source(row, shared) for row in rows)
+
+            plan = span.plan_runs(
+                sources(self.jobs.iter_instances(job["id"])), capacity,
+                series_of=lambda patient, study, series: sources(
+                    self.jobs.iter_series(job["id"], patient, study, series)),
+                size_of=lambda s: fileset.size_on_medium(s, profile),
+                block_bytes=writer.block_bytes, key=lambda source, _position: source.key)
         else:
-            # One volume of any size: only the ids are needed.
-            plan = [self.jobs.instance_ids(job["id"])]
-        self.jobs.plan(job["id"], plan, profile=profile.name, writer=self.media.writer)
+            # One volume of any size: every instance of the job.
+            plan = [[(None, None)]]
+        count = self.jobs.plan(job["id"], plan, profile=profile.name, writer=self.media.writer)
         LOGGER.info("job %s: %d instance(s) on %d volume(s) of %s, profile %s", job["id"],
-                    sum(map(len, plan)), len(plan),
+                    count, len(plan),
                     f"{capacity / 1e6:.1f} MB" if capacity else "any size", profile.name)
 
     def _source(self, row, shared: dict[str, str]):
@@ -674,7 +688,7 @@ class JobRunner(Worker):
             series_instance_uid=one(row["series_instance_uid"]),
             patient_id=one(row["patient_id"]),
             transfer_syntax_uid=one(row["transfer_syntax_uid"]), size=row["size"],
-            sha256=row["sha256"])
+            sha256=row["sha256"], key=row["instance_id"])
 
     def work_dir(self, job_id: str, volume: int) -> Path:
         return self.root / "jobs" / job_id / f"vol{volume}"
@@ -691,7 +705,7 @@ class JobRunner(Worker):
         job_id, n = job["id"], volume["volume"]
         work = self.work_dir(job_id, n)
         if work.exists():
-            shutil.rmtree(work)
+            remove_tree(work)
         work.mkdir(parents=True)
         sources = JobSources(self.jobs, job_id, n, self._source)
         label = fileset.MediaLabel(volume=n, volumes=job["volumes"], job_id=job_id,
@@ -699,10 +713,14 @@ class JobRunner(Worker):
                                    institution=self.config.box.institution,
                                    created=datetime.now().astimezone())
         progress = Progress(self.jobs, job, J.BUILDING, execution)
-        result = fileset.build_fileset(sources, work / "fileset", fileset_id=J.fileset_id(job_id),
-                                       profile=volume["profile"] or job["profile"],
-                                       label=label, progress=progress, cancel=execution.cancel,
-                                       replace=True)
+        # The manifest goes into the job store as the files are written; it
+        # counts once the volume is "built" (below), in a durable commit.
+        with self.jobs.manifest_writer(job_id, n) as manifest:
+            result = fileset.build_fileset(
+                sources, work / "fileset", fileset_id=J.fileset_id(job_id),
+                profile=volume["profile"] or job["profile"], label=label, progress=progress,
+                cancel=execution.cancel, replace=True, manifest=manifest.add,
+                current=sources.current)
         image_bytes, image_sha = 0, ""
         if self.writer().needs_iso:
             image = self.image_path(job, n)
@@ -710,9 +728,9 @@ class JobRunner(Worker):
                                         J.volume_id(job_id, n, job["volumes"]),
                                         progress=progress, cancel=execution.cancel)
             image_sha = sha256_file(image)[0]
-            shutil.rmtree(work / "fileset")
+            remove_tree(work / "fileset")
         sync_tree(work)
-        self.jobs.set_volume(job_id, n, "built", files=result.files, built_at=time.time(),
+        self.jobs.set_volume(job_id, n, "built", built_at=time.time(),
                              image_bytes=image_bytes, image_sha256=image_sha,
                              profile=result.profile)
 
@@ -734,7 +752,8 @@ class JobRunner(Worker):
         if self.media.verify:
             progress = Progress(self.jobs, job, J.VERIFYING, execution)
             writer.verify(self.image_path(job, n) if writer.needs_iso else None,
-                          self.jobs.files(job_id, n), iso_sha256=volume["image_sha256"] or None,
+                          self.jobs.manifest(job_id, n),
+                          iso_sha256=volume["image_sha256"] or None,
                           progress=progress, cancel=execution.cancel)
         # The optical writer ejects after its read-back itself.
         if not (self.media.writer == "optical" and self.media.verify):
@@ -806,7 +825,7 @@ class JobRunner(Worker):
     def _clean_work(self, job_id: str, volume: int) -> None:
         work = self.work_dir(job_id, volume)
         if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work, ignore_errors=True)
 
     def _purge_expired(self) -> None:
         now = time.time()
@@ -860,14 +879,16 @@ def _media_message(exc) -> str:
 
 def sync_tree(root: Path) -> None:
     """fsync every file and folder under ``root`` (a built step survives power loss)."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(dirpath)
+    for _rel, path, is_dir, _size in walk_tree(root):
+        if is_dir:
+            fsync_dir(path)
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(root)
     fsync_dir(Path(root).parent)
 
 
@@ -876,7 +897,7 @@ def remove_paths(paths) -> None:
         p = Path(p)
         try:
             if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
+                remove_tree(p)
             else:
                 p.unlink()
         except FileNotFoundError:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from . import scratch
 from .errors import MediaError
 
 CHUNK = 1 << 20
@@ -88,6 +89,63 @@ def copy_file(src: Path, dst: Path, meter: Meter | None = None,
         if fsync:
             os.fsync(fout.fileno())
     return h.hexdigest(), size
+
+
+def walk_tree(root: Path) -> Iterator[tuple[str, Path, bool, int]]:
+    """Everything under ``root``: (relative path with "/", path, is a directory, size).
+
+    A directory comes before what it holds, and a directory's files come
+    one after the other (its subdirectories are visited after it), in the
+    order the file system lists them.  Unlike ``os.walk``, which lists a
+    whole directory first, nothing is held per entry: one directory is open
+    at a time, and the list is of the directories still to visit (a series
+    folder of 100 000 images costs no more than one of 10).
+    """
+    pending = [("", Path(root))]
+    while pending:
+        prefix, folder = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                path = folder / entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((rel + "/", path))
+                    yield rel, path, True, 0
+                else:
+                    yield rel, path, False, entry.stat().st_size
+
+
+def remove_tree(root: Path, ignore_errors: bool = False) -> None:
+    """Remove ``root`` and everything under it, like ``shutil.rmtree``.
+
+    ``shutil.rmtree`` lists each directory whole before it removes what is
+    in it (some 150 bytes an entry); here each file is unlinked as the
+    directory listing reaches it, and only the directories still to empty
+    are remembered.  A missing ``root`` is not an error.
+    """
+    pending: list[tuple[Path, bool]] = [(Path(root), False)]
+    while pending:
+        folder, emptied = pending.pop()
+        try:
+            if emptied:
+                os.rmdir(folder)
+                continue
+            below = []
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        below.append(Path(entry.path))
+                    else:
+                        os.unlink(entry.path)
+            pending.append((folder, True))
+            pending.extend((d, False) for d in below)
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            os.unlink(folder)
+        except OSError:
+            if not ignore_errors:
+                raise
 
 
 class HashSink:
@@ -238,12 +296,19 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
     image (primary volume descriptor, then each directory's extent, a sector
     at a time), and each file of the manifest is hashed from its extents as
     its record is met.  Nothing of the tree is kept beyond the directories
-    still to visit, so memory does not grow with the number of files (an
-    in-memory parse of the whole image took about 3 kB per file).
+    still to visit (an in-memory parse of the whole image took about 3 kB
+    per file), and the manifest is looked up in a table of a scratch
+    database next to the image (:mod:`.scratch`) rather than a dict, so
+    memory does not grow with the number of files.
     """
-    expected = {rel: (sha, size) for rel, sha, size in files}
-    meter = Meter(sum(size for _, size in expected.values()), progress, cancel)
-    with _open_image(iso_path) as image:
+    with _open_image(iso_path) as image, \
+            scratch.scratch_db(Path(iso_path).parent, ".verify-") as db:
+        # A line listed twice counts once, with its last values (as in a dict).
+        db.execute("CREATE TABLE expected (path TEXT PRIMARY KEY, sha256 TEXT, size INTEGER)")
+        db.executemany("INSERT INTO expected VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE "
+                       "SET sha256 = excluded.sha256, size = excluded.size", files)
+        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM expected").fetchone()
+        meter = Meter(total, progress, cancel)
         try:
             image.seek(_PVD_SECTOR * SECTOR)
             pvd = image.read(SECTOR)
@@ -277,9 +342,11 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
                     if flags & _MULTI_EXTENT:
                         continue                     # the file goes on in the next record
                     extents, parts = parts, []
-                    want = expected.pop(rel, None)
+                    want = db.execute("SELECT sha256, size FROM expected WHERE path = ?",
+                                      (rel,)).fetchone()
                     if want is None:
-                        continue
+                        continue                     # not in the manifest, or met already
+                    db.execute("DELETE FROM expected WHERE path = ?", (rel,))
                     got_sha, got_size = _hash_extents(image, extents, block, meter)
                     if got_size != want[1] or got_sha != want[0]:
                         raise MediaError("verify-failed", f"{rel} differs in the image")
@@ -288,8 +355,10 @@ def verify_iso(iso_path: Path, files: Iterable[tuple[str, str, int]], *,
         except OSError as exc:
             raise MediaError("verify-failed",
                              f"cannot read {iso_path.name} back: {exc.strerror or exc}") from exc
-    if expected:
-        rel = next(iter(expected))
-        raise MediaError("verify-failed", f"{rel} is missing from the image"
-                         + (f" (and {len(expected) - 1} more)" if len(expected) > 1 else ""))
+        (left,) = db.execute("SELECT COUNT(*) FROM expected").fetchone()
+        if left:
+            # The first one in the manifest's order.
+            (rel,) = db.execute("SELECT path FROM expected ORDER BY rowid LIMIT 1").fetchone()
+            raise MediaError("verify-failed", f"{rel} is missing from the image"
+                             + (f" (and {left - 1} more)" if left > 1 else ""))
     meter.finish()

@@ -31,18 +31,19 @@ from __future__ import annotations
 import enum
 import errno
 import hashlib
+import itertools
 import os
 import re
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..store.fsutil import fsync_dir
 from . import proc
 from .errors import MediaError
-from .verify import Meter, copy_file, sha256_file, verify_iso, verify_tree
+from .verify import Meter, copy_file, sha256_file, verify_iso, verify_tree, walk_tree
 
 __all__ = ["MediaError", "MediumState", "MediumInfo", "OpticalWriter", "UsbWriter",
            "FolderWriter", "writer_for", "writer_from_config"]
@@ -300,16 +301,24 @@ class OpticalWriter:
 _BYTES_FREE = re.compile(r"([\d ]+) bytes free")
 
 
-def _fileset_files(root: Path) -> list[tuple[str, Path, int]]:
-    """Files of a file-set, DICOMDIR last: a copy cut short never looks complete."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for f in sorted(filenames):
-            p = Path(dirpath, f)
-            out.append(("/".join(p.relative_to(root).parts), p, p.stat().st_size))
-    out.sort(key=lambda item: (item[0] == "DICOMDIR", item[0]))
-    return out
+def _fileset_files(root: Path) -> Iterator[tuple[str, Path, int]]:
+    """Files of a file-set (relative path, path, size), DICOMDIR last: a copy cut
+    short never looks complete.
+
+    Read from the file system as they are wanted (:func:`.verify.walk_tree`),
+    nothing held per file: the files of a folder come one after the other,
+    the root's last (a copy per folder takes one mtools run per batch).
+    """
+    for rel, path, is_dir, size in walk_tree(root):
+        if not is_dir and "/" in rel:
+            yield rel, path, size
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name != "DICOMDIR" and not entry.is_dir(follow_symlinks=False):
+                yield entry.name, Path(root, entry.name), entry.stat().st_size
+    dicomdir = Path(root, "DICOMDIR")
+    if dicomdir.is_file():
+        yield "DICOMDIR", dicomdir, dicomdir.stat().st_size
 
 
 class UsbWriter:
@@ -421,7 +430,8 @@ class UsbWriter:
             return int(sector.group(1)) * int(cluster.group(1))
         return 32 * 1024
 
-    def check(self, info: MediumInfo, files: Sequence[tuple[str, Path, int]]) -> None:
+    def check(self, info: MediumInfo, files: Iterable[tuple[str, Path, int]]) -> int:
+        """Refuse a medium the files cannot be written to; return their bytes."""
         if info.state is MediumState.NO_MEDIUM:
             raise MediaError("no-medium", "no USB stick: insert one")
         if info.state is MediumState.CLOSED:
@@ -429,20 +439,27 @@ class UsbWriter:
         if info.state is MediumState.UNKNOWN:
             raise MediaError("not-blank", info.description)
         cluster = self._cluster()
-        need = sum(-(-size // cluster) * cluster for _, _, size in files)
-        need += cluster * len({rel.rsplit('/', 1)[0] for rel, _, _ in files if "/" in rel})
+        need = total = 0
+        folders: set[str] = set()
+        for rel, _, size in files:
+            need += -(-size // cluster) * cluster
+            total += size
+            if "/" in rel:
+                folders.add(rel.rsplit("/", 1)[0])
+        need += cluster * len(folders)
         _needs("file-set", need, info)
+        return total
 
     def write(self, fileset_dir: Path, progress: Progress | None = None,
               cancel: threading.Event | None = None) -> None:
         """Copy the file-set onto the stick (DICOMDIR last) and make it durable."""
-        files = _fileset_files(Path(fileset_dir))
-        self.check(self.probe(cancel), files)
-        meter = Meter(sum(size for _, _, size in files), progress, cancel)
+        root = Path(fileset_dir)
+        total = self.check(self.probe(cancel), _fileset_files(root))
+        meter = Meter(total, progress, cancel)
         if self.image is not None:
-            self._write_image(Path(fileset_dir), files, meter, cancel)
+            self._write_image(root, meter, cancel)
         else:
-            self._write_mounted(files, meter)
+            self._write_mounted(_fileset_files(root), meter)
         meter.finish()
 
     def _write_mounted(self, files, meter: Meter) -> None:
@@ -469,9 +486,9 @@ class UsbWriter:
             raise MediaError("write-failed",
                              f"writing to the USB stick failed: {exc.strerror or exc}") from exc
 
-    def _write_image(self, root: Path, files, meter: Meter, cancel) -> None:
-        dirs = sorted({"/".join(rel.split("/")[:i]) for rel, _, _ in files
-                       for i in range(1, rel.count("/") + 1)}, key=lambda d: (d.count("/"), d))
+    def _write_image(self, root: Path, meter: Meter, cancel) -> None:
+        dirs = sorted((rel for rel, _, is_dir, _ in walk_tree(root) if is_dir),
+                      key=lambda d: (d.count("/"), d))
         for d in dirs:
             done = self._mtools("mmd", "-D", "s", "::/" + d, cancel=cancel)
             # mmd -D s exits 1 without a word for a folder that exists (a stick
@@ -479,14 +496,11 @@ class UsbWriter:
             if done.returncode != 0 and "already exists" not in done.text() and \
                     self._mtools("mdir", "-b", "::/" + d, cancel=cancel).returncode != 0:
                 self._image_failure(done)
-        # One mcopy per directory: mtools reads the FAT once per run.
-        by_dir: dict[str, list[tuple[str, Path, int]]] = {}
-        for item in files:
-            by_dir.setdefault(item[0].rpartition("/")[0], []).append(item)
-        ordered = sorted(by_dir.items(), key=lambda kv: any(r == "DICOMDIR" for r, _, _ in kv[1]))
-        for d, items in ordered:
-            for i in range(0, len(items), self.MCOPY_BATCH):
-                batch = items[i:i + self.MCOPY_BATCH]
+        # One mcopy per directory (and batch): mtools reads the FAT once per
+        # run.  The root's files come last, DICOMDIR the very last.
+        for d, items in itertools.groupby(_fileset_files(root),
+                                          key=lambda item: item[0].rpartition("/")[0]):
+            while batch := list(itertools.islice(items, self.MCOPY_BATCH)):
                 done = self._mtools("mcopy", "-p", "-m", "-D", "o", "-Q",
                                     *[str(p) for _, p, _ in batch],
                                     "::/" + d + ("/" if d else ""), cancel=cancel)
