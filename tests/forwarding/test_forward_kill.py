@@ -128,7 +128,11 @@ def test_kill_while_forwarding_loses_nothing_and_resends_only_in_flight(box, net
     from collections import Counter
 
     files = tiny_instances(tmp_path / "tiny", BACKLOG)
-    scp = peers.storescp("scp", extra=["+xa", "+uf"], start=False)
+    # The PACS takes 10 ms over each instance (it runs a command before it
+    # answers): the backlog lasts some seconds, so the kills fall while it is
+    # forwarded however busy the machine is.
+    scp = peers.storescp("scp", extra=["+xa", "+uf", "-xcr", "sleep 0.01", "-xs"],
+                         start=False)
     router = box("router", netns=netns,
                  destinations=[destination("pacs", scp, batch_size=BATCH, acse_timeout=2.0)],
                  forwarding={"default_destinations": ["pacs"], **FAST})
