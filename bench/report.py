@@ -149,15 +149,18 @@ def markdown(results: dict) -> str:
                     cells.append("error" if rec else "-")
                     continue
                 s = rec["median_seconds"]
+                cpu = rec.get("median_cpu_seconds")
                 cells.append(f"{fmt_seconds(s)} ({r['bytes'] / s / 1e6:.0f} MB/s, "
-                             f"{r['instances'] / s:.0f}/s)")
+                             f"{r['instances'] / s:.0f}/s"
+                             + ("" if cpu is None else f"; CPU {fmt_seconds(cpu)}") + ")")
             ratio = r.get("ratio")
             lines.append(f"| {r['label']} | {fmt_bytes(r['bytes'])} | " + " | ".join(cells)
                          + f" | {fmt_ratio(ratio)} | "
                          f"{'>= ' + fmt_ratio(r['target']) if r.get('target') else '-'} "
                          f"{verdict(ratio, r.get('target'))} | "
                          f"{fmt_bytes(r['receivers'].get('router', {}).get('max_peak_rss'))} |")
-        lines.append("")
+        lines += ["", "CPU: user and system time of the receiving process (all its threads) "
+                  "during the sender's run.", ""]
     others = [r for r in results["cases"] if r["case"] != "receive"]
     if others:
         lines += ["## End to end, media, transcoding", "",
