@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 import time
 from io import BytesIO
@@ -36,7 +35,7 @@ from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import build_context, build_role
 
 from ..config.commit import remote_ae
-from ..dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from ..dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, nodelay
 from ..lifecycle import Worker
 from ..store import Database
 from ..uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
@@ -73,16 +72,6 @@ def build_report(transaction_uid: str, items) -> tuple[int, Dataset]:
     if failed:
         ds.FailedSOPSequence = failed
     return (EVENT_FAILURES if failed else EVENT_SUCCESS), ds
-
-
-def nodelay(event) -> None:
-    """Nagle off on an association the box requests (see PERFORMANCE.md)."""
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 def requestor_ae(ae_title: str, network, timeout: float) -> AE:

@@ -26,12 +26,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
+from ..dimse import nodelay
 from ..dimse import status as st
 from ..lifecycle import Worker
 from ..store import Database
 from ..uids import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
 from .model import has_forward_queue, move_upstream
-from .report import _association_error, _status_error, nodelay, requestor_ae
+from .report import _association_error, _status_error, requestor_ae
 
 LOGGER = logging.getLogger("dicombox.commit.upstream")
 

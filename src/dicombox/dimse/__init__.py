@@ -3,11 +3,13 @@
 from .ae import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    NODELAY_HANDLERS,
     AssociationPolicy,
     Listener,
     make_ae,
+    nodelay,
     storage_contexts,
 )
 
 __all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "AssociationPolicy",
-           "Listener", "make_ae", "storage_contexts"]
+           "Listener", "NODELAY_HANDLERS", "make_ae", "nodelay", "storage_contexts"]

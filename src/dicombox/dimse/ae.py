@@ -112,13 +112,24 @@ _REJECT_TEXT = {
 }
 
 
-def _on_conn_open(event, policy: AssociationPolicy) -> None:
-    sock = event.assoc.dul.socket.socket
+def nodelay(event) -> None:
+    """Nagle off on an association's socket (see PERFORMANCE.md): an
+    ``EVT_CONN_OPEN`` handler, for the listeners and for the associations
+    the box requests (:data:`NODELAY_HANDLERS`)."""
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+#: ``evt_handlers`` of an association the box requests.
+NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, nodelay)]
+
+
+def _on_conn_open(event, policy: AssociationPolicy) -> None:
+    nodelay(event)
     event.assoc.acse = PolicyACSE(event.assoc, policy)
 
 

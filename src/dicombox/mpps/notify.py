@@ -26,11 +26,11 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ..dimse import make_ae
+from ..dimse import NODELAY_HANDLERS, make_ae
 from ..lifecycle import Worker
 from ..store.db import connect
 from . import journal, model
-from .relay import DEAD, DELIVERED, NODELAY_HANDLERS, RETRY, backoff, is_success_or_warning
+from .relay import DEAD, DELIVERED, RETRY, backoff, is_success_or_warning
 
 LOGGER = logging.getLogger("dicombox.mpps.notify")
 

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import time
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
 
-from ..dimse import make_ae
+from ..dimse import NODELAY_HANDLERS, make_ae
 from ..dimse import status as st
 from ..lifecycle import Worker
 from . import journal, model
@@ -38,18 +36,6 @@ LOGGER = logging.getLogger("dicombox.mpps.relay")
 
 DELIVERED, RETRY, DEAD = "delivered", "retry", "dead"
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-
-
-def _nodelay(event) -> None:
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
-NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _nodelay)]
 
 
 def backoff(attempts: int, initial: float, ceiling: float, rng=random) -> float:
