@@ -1,4 +1,5 @@
-"""``dicombox media list|show|burn|cancel|retry|delete|eject``: the media jobs.
+"""``dicombox media list|show|burn|cancel|retry|delete|eject|fetch|fetches``: the media jobs
+and the studies fetched from a PACS for them.
 
 Reading commands open the media index read-only.  Commands that change a
 job are not executed here: they are queued in ``media_commands`` (as the
@@ -54,7 +55,20 @@ def register(sub) -> None:
     dp.set_defaults(func=cmd_command, command="delete")
     ep = msub.add_parser("eject", help="eject the disc")
     ep.set_defaults(func=cmd_command, command="eject", job_id=None)
-    for q in (bp, cp, rp, dp, ep):
+    fp = msub.add_parser("fetch", help="fetch a study from a PACS of media.sources (C-MOVE) "
+                                       "into a media job")
+    fp.add_argument("source", help="the name of a [[media.sources]] entry")
+    fp.add_argument("study", help="the Study Instance UID")
+    fp.add_argument("--burn", action="store_true",
+                    help="burn the job once the whole study arrived (even without "
+                         "media.auto_burn)")
+    fp.add_argument("--follow", action="store_true",
+                    help="then print the retrieve's progress until it ends")
+    fp.set_defaults(func=cmd_fetch, command="fetch", job_id=None)
+    xp = msub.add_parser("fetches", help="the retrieves from PACS, newest last")
+    xp.add_argument("--json", action="store_true")
+    xp.set_defaults(func=cmd_fetches)
+    for q in (bp, cp, rp, dp, ep, fp):
         q.add_argument("--timeout", type=float, default=30,
                        help="seconds to wait for the media service's answer (default 30)")
 
@@ -189,7 +203,8 @@ def follow(conn, job_id: str, interval: float = 1.0) -> int:
         time.sleep(interval)
 
 
-def queue_command(state_dir: Path, command: str, job_id: str | None) -> int:
+def queue_command(state_dir: Path, command: str, job_id: str | None,
+                  argument: str | None = None) -> int:
     path = Path(state_dir) / "media" / "index.db"
     if not path.exists():
         raise CliError(f"no media index under {state_dir} (has the media service ever run "
@@ -197,8 +212,13 @@ def queue_command(state_dir: Path, command: str, job_id: str | None) -> int:
     conn = connect(path)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        cur = conn.execute("INSERT INTO media_commands (command, job_id, created_at) "
-                           "VALUES (?, ?, ?)", (command, job_id, time.time()))
+        if argument is None:
+            cur = conn.execute("INSERT INTO media_commands (command, job_id, created_at) "
+                               "VALUES (?, ?, ?)", (command, job_id, time.time()))
+        else:
+            cur = conn.execute("INSERT INTO media_commands (command, job_id, created_at, "
+                               "argument) VALUES (?, ?, ?, ?)",
+                               (command, job_id, time.time(), argument))
         conn.execute("COMMIT")
         return cur.lastrowid
     except sqlite3.OperationalError as exc:
@@ -212,7 +232,8 @@ def cmd_command(args) -> int:
     conn = _index(cfg)
     if args.job_id:
         _job(conn, args.job_id)
-    command_id = queue_command(cfg.box.state_dir, args.command, args.job_id)
+    command_id = queue_command(cfg.box.state_dir, args.command, args.job_id,
+                               getattr(args, "argument", None))
     snap = service_snapshot(conn, "media")
     running = bool(snap) and not snap.get("stopped") and snap["age"] < STALE_SECONDS
     if not running:
@@ -227,6 +248,8 @@ def cmd_command(args) -> int:
             print(row["result"])
             if row["result"].startswith("refused"):
                 return 1
+            if getattr(args, "follow", False) and args.command == "fetch":
+                return follow_retrieve(conn, int(row["result"].split()[1]))
             if getattr(args, "follow", False):
                 job_id = args.job_id or _job_of(row["result"])
                 if job_id:
@@ -243,3 +266,72 @@ def _job_of(result: str) -> str | None:
     if len(words) > 1 and words[0] == "job":
         return words[1]
     return None
+
+
+# -- retrieves -------------------------------------------------------------------------
+
+
+def cmd_fetch(args) -> int:
+    cfg = load_config(args.config)
+    if cfg.media.source(args.source) is None:
+        known = ", ".join(s.name for s in cfg.media.sources) or "none is configured"
+        raise CliError(f"no source {args.source!r} in media.sources ({known})")
+    _retrieves_table(_index(cfg))
+    args.argument = json.dumps({"source": args.source, "study": args.study,
+                                "burn": args.burn})
+    return cmd_command(args)
+
+
+def _retrieves_table(conn) -> None:
+    try:
+        conn.execute("SELECT 1 FROM media_retrieves LIMIT 1")
+    except sqlite3.OperationalError:
+        raise CliError("the media index has no retrieve table yet (restart the media "
+                       "service once with this version)") from None
+
+
+def format_retrieve(r: dict) -> str:
+    counts = f"{r['completed']} received"
+    if r["failed"] or r["warning"]:
+        counts += f", {r['failed']} failed, {r['warning']} warning(s)"
+    if r["remaining"] is not None and r["state"] == "running":
+        counts += f", {r['remaining']} to go"
+    return counts
+
+
+def cmd_fetches(args) -> int:
+    cfg = load_config(args.config)
+    conn = _index(cfg)
+    _retrieves_table(conn)
+    rows = [dict(r) for r in conn.execute("SELECT * FROM media_retrieves ORDER BY id")]
+    if args.json:
+        print_json(rows)
+        return 0
+    for r in rows:
+        r["progress"] = format_retrieve(r)
+        r["created"] = format_time(r["created_at"])
+        r["message"] = r["message"] or ""
+        r["jobs"] = r["jobs"] or ""
+    print_table(rows, [("id", "ID"), ("state", "STATE"), ("source", "SOURCE"),
+                       ("study_instance_uid", "STUDY"), ("progress", "INSTANCES"),
+                       ("jobs", "JOBS"), ("created", "QUEUED"), ("message", "RESULT")])
+    return 0
+
+
+def follow_retrieve(conn, retrieve_id: int, interval: float = 1.0) -> int:
+    """Print the retrieve's progress until it ends; exit 0 only when it is done."""
+    last = None
+    while True:
+        r = dict(conn.execute("SELECT * FROM media_retrieves WHERE id = ?",
+                              (retrieve_id,)).fetchone())
+        line = f"retrieve {retrieve_id} {r['state']}: {format_retrieve(r)}"
+        if r["message"]:
+            line += f" ({r['message']})"
+        if r["state"] in ("done", "failed") and r["settled"]:
+            line += f"; jobs: {r['jobs'] or 'none'}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if r["state"] in ("done", "failed") and r["settled"]:
+            return 0 if r["state"] == "done" else 1
+        time.sleep(interval)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .core import check_ae_title, check_ae_titles, check_networks, check_port
+from .core import check_address, check_ae_title, check_ae_titles, check_networks, check_port
+from .forwarding import check_name
 from .schema import ConfigError, setting
 
 #: Media application profiles a job may be written with ("auto": chosen per medium);
@@ -76,6 +77,21 @@ class FolderSettings:
 
 
 @dataclass(frozen=True)
+class RetrieveSource:
+    """A Query/Retrieve SCP (a PACS) the media service may fetch studies from."""
+
+    name: str = setting(check=check_name,
+                        doc="the source's name, used by `dicombox media fetch`")
+    ae_title: str = setting(check=check_ae_title, doc="the source's AE title")
+    host: str = setting(check=check_address, doc="the source's address")
+    port: int = setting(104, check=check_port, doc="the source's port")
+    response_timeout: float = setting(
+        600.0, min=1, max=86400,
+        doc="seconds to wait for each C-MOVE response (the source may send no pending "
+            "response while it sends a whole study)")
+
+
+@dataclass(frozen=True)
 class MediaSection:
     enabled: bool = setting(True, doc="run the media service")
     ae_title: str = setting("DICOMBOX_CD", check=check_ae_title, doc="the burner's AE title")
@@ -115,6 +131,25 @@ class MediaSection:
     probe_seconds: float = setting(
         5.0, min=0.2, max=3600,
         doc="how often a waiting job probes the writer when udev reports nothing")
+    sources: tuple[RetrieveSource, ...] = setting(
+        (), doc="PACS the media service may fetch studies from (C-MOVE to its own AE "
+                "title), with `dicombox media fetch`")
+
+    def validate(self, key: str) -> None:
+        names = set()
+        for i, source in enumerate(self.sources):
+            if source.name in names:
+                raise ConfigError(f"{key}.sources[{i}].name",
+                                  f"duplicate source name {source.name!r}")
+            names.add(source.name)
+            if self.allowed_calling_aets and source.ae_title not in self.allowed_calling_aets:
+                raise ConfigError(
+                    f"{key}.sources[{i}].ae_title",
+                    f"{source.ae_title!r} is not in {key}.allowed_calling_aets: the "
+                    "instances it sends back would be refused")
+
+    def source(self, name: str) -> RetrieveSource | None:
+        return next((s for s in self.sources if s.name == name), None)
 
 
 def validate_config(config) -> None:

@@ -59,7 +59,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +225,7 @@ MIGRATIONS = [
 BATCH = 256
 
 #: Commands the service executes from ``media_commands``.
-COMMANDS = ("burn", "cancel", "eject", "retry", "delete")
+COMMANDS = ("burn", "cancel", "eject", "retry", "delete", "fetch")
 
 
 class InvalidTransition(ValueError):
@@ -364,11 +364,15 @@ class JobStore:
                      "SET last = excluded.last", (day, n))
         return f"{day}-{n:04d}"
 
-    def close_idle(self, idle_seconds: float, now: float | None = None) -> list[str]:
-        """Close every collecting job that received nothing for ``idle_seconds``."""
+    def close_idle(self, idle_seconds: float, now: float | None = None,
+                   hold_studies: Sequence[str] = ()) -> list[str]:
+        """Close every collecting job that received nothing for ``idle_seconds``,
+        except those holding an instance of ``hold_studies`` (studies being
+        retrieved)."""
         now = now or time.time()
         rows = self.db.query("SELECT id FROM media_jobs WHERE state = ? AND "
-                             "last_instance_at <= ?", (COLLECTING, now - idle_seconds))
+                             "last_instance_at <= ?" + _not_holding(hold_studies),
+                             (COLLECTING, now - idle_seconds, *hold_studies))
         closed = []
         for r in rows:
             if self.close(r["id"], "nothing received for "
@@ -376,9 +380,11 @@ class JobStore:
                 closed.append(r["id"])
         return closed
 
-    def close_group(self, group_key: str, why: str) -> list[str]:
-        rows = self.db.query("SELECT id FROM media_jobs WHERE state = ? AND group_key = ?",
-                             (COLLECTING, group_key))
+    def close_group(self, group_key: str, why: str,
+                    hold_studies: Sequence[str] = ()) -> list[str]:
+        rows = self.db.query("SELECT id FROM media_jobs WHERE state = ? AND group_key = ?"
+                             + _not_holding(hold_studies),
+                             (COLLECTING, group_key, *hold_studies))
         return [r["id"] for r in rows if self.close(r["id"], why, only_if=COLLECTING)]
 
     def close(self, job_id: str, why: str, now: float | None = None,
@@ -686,6 +692,15 @@ class JobStore:
         with self.db.write() as conn:
             conn.execute("UPDATE media_commands SET handled_at = ?, result = ? WHERE id = ? "
                          "AND handled_at IS NULL", (time.time(), result, command_id))
+
+
+def _not_holding(studies: Sequence[str]) -> str:
+    """SQL (on ``media_jobs``): the job holds no instance of ``studies``."""
+    if not studies:
+        return ""
+    return (" AND NOT EXISTS (SELECT 1 FROM media_job_instances i WHERE "
+            "i.job_id = media_jobs.id AND i.study_instance_uid IN "
+            f"({', '.join('?' for _ in studies)}))")
 
 
 def _selection(selection) -> tuple[str, list]:

@@ -42,6 +42,7 @@ from .. import memory
 from ..lifecycle import Worker
 from ..store.fsutil import fsync_dir
 from . import jobs as J
+from . import retrieve
 from .errors import MediaError
 from .jobs import JobStore
 from .udev import MediumEvent
@@ -255,6 +256,8 @@ class JobRunner(Worker):
         self._last_purge = 0.0
         self._paused_until = 0.0
         self._writer = None
+        #: The retrieve queue's thread (set by the service), woken by ``fetch``.
+        self.retriever = None
 
     # -- the writer ------------------------------------------------------------------
 
@@ -392,7 +395,9 @@ class JobRunner(Worker):
 
     def step(self) -> float:
         self.handle_commands()
-        self.jobs.close_idle(self.media.idle_seconds)
+        self.finish_retrieves()
+        self.jobs.close_idle(self.media.idle_seconds,
+                             hold_studies=retrieve.held_studies(self.jobs.db))
         self._purge_expired()
         with self._lock:
             running = self.execution is not None and self.execution.alive()
@@ -488,7 +493,7 @@ class JobRunner(Worker):
     def handle_commands(self) -> None:
         for cmd in self.jobs.pending_commands():
             try:
-                result = self._command(cmd["command"], cmd["job_id"])
+                result = self._command(cmd["command"], cmd["job_id"], cmd.get("argument"))
             except (J.UnknownJob, J.InvalidTransition, ValueError) as exc:
                 result = f"refused: {exc}"
             LOGGER.info("command %s %s: %s", cmd["command"], cmd["job_id"] or "", result)
@@ -499,9 +504,11 @@ class JobRunner(Worker):
             execution = self.execution
         return execution if execution is not None and execution.alive() else None
 
-    def _command(self, command: str, job_id: str | None) -> str:
+    def _command(self, command: str, job_id: str | None, argument: str | None = None) -> str:
         if command not in J.COMMANDS:
             raise ValueError(f"unknown command {command!r}")
+        if command == "fetch":
+            return self._fetch(argument)
         running = self.running()
         if command == "burn":
             return self._burn(job_id)
@@ -573,6 +580,51 @@ class JobRunner(Worker):
         self._probe_due = 0.0
         self.wake()
         return f"job {job_id} will start as soon as a usable medium is present"
+
+    # -- retrieves (retrieve.py) ----------------------------------------------------------
+
+    def _fetch(self, argument: str | None) -> str:
+        try:
+            args = json.loads(argument or "")
+            source, study = str(args["source"]), str(args["study"]).strip()
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"fetch needs a source and a study, not {argument!r}") from None
+        if self.media.source(source) is None:
+            known = ", ".join(s.name for s in self.media.sources) or "none configured"
+            raise ValueError(f"no source {source!r} in media.sources ({known})")
+        if not study or len(study) > 64:
+            raise ValueError(f"{study!r} is not a Study Instance UID")
+        with self.jobs.db.write() as conn:
+            rid = retrieve.queue(conn, source, study, bool(args.get("burn")))
+        if self.retriever is not None:
+            self.retriever.wake()
+        return f"retrieve {rid} queued: study {study} from {source}"
+
+    def finish_retrieves(self) -> None:
+        """Close (or fail) the jobs of every retrieve that ended (see retrieve.py)."""
+        for r in retrieve.unsettled(self.jobs.db):
+            since = r["started_at"] or r["created_at"]
+            job_ids = [row[0] for row in self.jobs.db.query(
+                "SELECT id FROM media_jobs j WHERE state = ? AND EXISTS (SELECT 1 FROM "
+                "media_job_instances i WHERE i.job_id = j.id AND i.study_instance_uid = ? "
+                "AND i.added_at >= ?) ORDER BY created_at",
+                (J.COLLECTING, r["study_instance_uid"], since))]
+            what = f"retrieve {r['id']} from {r['source']}"
+            for job_id in job_ids:
+                if r["state"] == retrieve.DONE:
+                    self.jobs.close(job_id, f"{what} finished", only_if=J.COLLECTING)
+                    if r["burn"]:
+                        self.jobs.update(job_id, "burn requested with the fetch",
+                                         burn_requested=1, medium_refused=0)
+                elif self.jobs.close(job_id, f"{what} failed", only_if=J.COLLECTING):
+                    self.jobs.transition(job_id, "fail", f"{what} failed: {r['message']}",
+                                         error=f"incomplete study: {r['message']}",
+                                         finished_at=time.time())
+            with self.jobs.db.write() as conn:
+                conn.execute("UPDATE media_retrieves SET settled = 1, jobs = ? WHERE id = ?",
+                             (" ".join(job_ids), r["id"]))
+            if job_ids:
+                self._probe_due = 0.0
 
     # -- executing a job ------------------------------------------------------------------
 

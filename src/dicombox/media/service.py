@@ -33,7 +33,7 @@ from ..lifecycle import Service
 from ..store import InstanceStore
 from ..uids import STORAGE_SOP_CLASSES, VERIFICATION
 from . import jobs as J
-from . import mcm
+from . import mcm, retrieve
 from .jobs import Group, JobStore
 from .runner import JobRunner
 from .udev import MediaWatcher, UdevUnavailable
@@ -131,6 +131,7 @@ class MediaService(Service):
         self.scp: StorageSCP | None = None
         self.mcm: mcm.MediaCreationSCP | None = None
         self.runner: JobRunner | None = None
+        self.retriever: retrieve.Retriever | None = None
         self.watcher: MediaWatcher | None = None
         self.associations = Associations()
         self.started_at = time.time()
@@ -144,7 +145,7 @@ class MediaService(Service):
         self.store = InstanceStore(cfg.box.state_dir, "media",
                                    reserve_bytes=cfg.storage.reserve_mb * 1024 * 1024,
                                    duplicates="replace",
-                                   migrations=J.MIGRATIONS + mcm.MIGRATIONS)
+                                   migrations=J.MIGRATIONS + mcm.MIGRATIONS + retrieve.MIGRATIONS)
         recovered = self.store.recover()
         if not recovered["clean"]:
             LOGGER.warning("media: previous run did not stop cleanly; spool checked")
@@ -154,6 +155,12 @@ class MediaService(Service):
             LOGGER.warning("job %s was %s when the service stopped; it resumes", job["id"],
                            job["state"])
         self.runner = JobRunner(cfg, self.jobs, self.store.root, publish=self.publish)
+        resumed = retrieve.resume(self.store.db)
+        if resumed:
+            LOGGER.warning("%d retrieve(s) were running when the service stopped; they run "
+                           "again", resumed)
+        self.retriever = retrieve.Retriever(cfg, self.store.db, on_finished=self.runner.wake)
+        self.runner.retriever = self.retriever
         if media.udev:
             watcher = MediaWatcher(self.runner.on_medium_event)
             try:
@@ -181,6 +188,8 @@ class MediaService(Service):
         self.runner.start()
         self.listener.start()
         self.port = self.listener.port
+        # After the listener: what a source sends back must find the Media AE.
+        self.retriever.start()
         self.publish()
 
     # -- receiving --------------------------------------------------------------------
@@ -197,7 +206,9 @@ class MediaService(Service):
         key = self.associations.pop(event.assoc)
         if key is None or self.config.media.grouping != "association":
             return
-        closed = self.jobs.close_group(f"association:{key}", "the association ended")
+        # A job still receiving a study being fetched closes when the fetch ends.
+        closed = self.jobs.close_group(f"association:{key}", "the association ended",
+                                       hold_studies=retrieve.held_studies(self.store.db))
         if closed and self.runner is not None:
             self.runner.wake()
 
@@ -205,6 +216,8 @@ class MediaService(Service):
 
     def healthy(self) -> bool:
         ok = self.runner is not None and self.runner.is_alive()
+        if self.retriever is not None:
+            ok = ok and self.retriever.is_alive()
         if self.watcher is not None:
             ok = ok and self.watcher.alive()
         return ok
@@ -219,6 +232,8 @@ class MediaService(Service):
         }
         if self.runner is not None:
             snap.update(self.runner.snapshot())
+        if self.store is not None:
+            snap["retrieves"] = retrieve.summary(self.store.db)
         return snap
 
     def publish(self) -> None:
@@ -236,9 +251,15 @@ class MediaService(Service):
                 f"{jobs.get('failed', 0)} failed")
         if active:
             line += f"; job {active['id']} {active['state']} {100 * active['progress']:.0f}%"
+        retrieves = snap.get("retrieves", {})
+        if retrieves.get(retrieve.RUNNING) or retrieves.get(retrieve.QUEUED):
+            line += (f"; fetching {retrieves.get(retrieve.RUNNING, 0)} study, "
+                     f"{retrieves.get(retrieve.QUEUED, 0)} queued")
         return line
 
     def stop(self) -> None:
+        if self.retriever is not None:
+            self.retriever.stop()
         if self.listener is not None:
             self.listener.close(self.scp.inflight.close_and_wait if self.scp else None)
         if self.watcher is not None:
@@ -286,7 +307,9 @@ def _media_contexts() -> str:
             ["Every Storage SOP Class of Table 2 (and `storage.private_sop_classes`)",
              "see Table 2", f"{ts} (in this order of preference)", "SCP", "None"],
             [mcm.SOP_CLASS_NAME, mcm.SOP_CLASS,
-             "ExplicitVRLittleEndian, ImplicitVRLittleEndian", "SCP", "None"]]
+             "ExplicitVRLittleEndian, ImplicitVRLittleEndian", "SCP", "None"],
+            [retrieve.STUDY_ROOT_MOVE_NAME, retrieve.STUDY_ROOT_MOVE,
+             "ExplicitVRLittleEndian, ImplicitVRLittleEndian (proposed)", "SCU", "None"]]
     return md_table(["Abstract Syntax", "UID", "Transfer Syntaxes", "Role", "Ext. Neg."], rows)
 
 
@@ -308,10 +331,18 @@ def _job_commands() -> str:
         "eject": "eject the disc (refused while a job uses the drive)",
         "retry": "make a `failed`, `cancelled` or `done` job `ready` again (another copy)",
         "delete": "delete a job that is not running, and the instances only it holds",
+        "fetch": "queue a retrieve of a study from a `[[media.sources]]` PACS (6.6)",
     }
     return md_table(["Command", "Effect"], [[f"`{c}`", what[c]] for c in J.COMMANDS])
 
 
+def _retrieve_statuses() -> str:
+    from ..conformance import md_table
+    return md_table(["Service Status", "Code", "What the Media AE does"],
+                    [list(row) for row in retrieve.STATUS_MEANINGS])
+
+
 def conformance_tables() -> dict:
     return {"media-contexts": _media_contexts, "media-job-states": _job_states,
-            "media-job-commands": _job_commands, **mcm.conformance_tables()}
+            "media-job-commands": _job_commands, "media-retrieve-statuses": _retrieve_statuses,
+            **mcm.conformance_tables()}

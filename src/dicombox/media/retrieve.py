@@ -1,0 +1,300 @@
+"""Fetching a study from a PACS for burning: the Media AE as C-MOVE SCU.
+
+``dicombox media fetch SOURCE STUDY_UID`` queues a *retrieve* (a row of
+``media_retrieves``).  The :class:`Retriever` thread runs the queue, one
+retrieve at a time, oldest first: it asks the source (a ``[[media.sources]]``
+entry) with a Study Root C-MOVE to send the study to the Media AE's own title.
+The source then opens its own association to the Media AE and sends the
+instances as C-STOREs, which are spooled and collected into media jobs like
+anything else sent to the burner (grouping, durability: see ``service.py``).
+
+While a retrieve runs, the jobs collecting its study are not closed for
+being idle (a PACS may pause longer than ``media.idle_seconds``).  When the
+source's final response arrives, every instance it reported as sent has
+been stored (each C-STORE is answered only once durable, and the source
+answers the C-MOVE only after its C-STOREs), and the runner thread
+(:meth:`~dicombox.media.runner.JobRunner.finish_retrieves`) settles the jobs:
+
+- every sub-operation completed: the jobs holding the study are closed (and
+  marked for burning when the fetch asked for it);
+- some failed, or the source refused or broke off: the jobs holding what did
+  arrive are failed with the reason, so a partial study is never burnt by
+  itself; ``dicombox media retry JOB`` burns it anyway, ``dicombox media
+  fetch`` again collects the whole study into a new job.
+
+A retrieve caught running by a stop or a crash runs again from the start at
+the next start-up (a C-MOVE is repeatable: instances sent twice replace
+their first copy in the collecting job).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from ..dimse import NODELAY_HANDLERS, make_ae
+from ..lifecycle import Worker
+from ..store.db import Migration
+
+LOGGER = logging.getLogger("dicombox.media.retrieve")
+
+#: Study Root Query/Retrieve Information Model - MOVE.
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_MOVE_NAME = "Study Root Query/Retrieve Information Model - MOVE"
+TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+STATES = (QUEUED, RUNNING, DONE, FAILED)
+
+#: Seconds between two looks at the queue when nothing woke the retriever.
+POLL_SECONDS = 2.0
+
+MIGRATIONS = [
+    Migration("media-retrieves-1", """
+        CREATE TABLE media_retrieves (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL,
+            burn INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            warning INTEGER NOT NULL DEFAULT 0,
+            remaining INTEGER,
+            status INTEGER,
+            message TEXT,
+            jobs TEXT,
+            settled INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX media_retrieves_state ON media_retrieves(state, id);
+        ALTER TABLE media_commands ADD COLUMN argument TEXT
+    """),
+]
+
+#: What the Media AE makes of the final C-MOVE response statuses (PS3.4 C.4.2.1.5).
+STATUS_MEANINGS = [
+    ("Success", "0000", "every sub-operation completed: the retrieve is `done`, the jobs "
+                        "holding the study are closed (and marked for burning with `--burn`); "
+                        "with no sub-operation at all it fails: the source has no such study"),
+    ("Warning", "B000", "some sub-operations failed or had warnings: the retrieve fails, the "
+                        "jobs holding what arrived are failed with the counts"),
+    ("Pending", "FF00, FF01", "the counts are recorded and shown by `dicombox media fetches`; "
+                              "the retrieve goes on"),
+    ("Cancel", "FE00", "the retrieve fails (cancelled by the source)"),
+    ("Refused: Move Destination unknown", "A801",
+     "the retrieve fails, telling the operator to declare the Media AE (title, address, "
+     "port) as a DICOM node of the source"),
+    ("Refused: Out of Resources", "A701, A702", "the retrieve fails with the source's reason"),
+    ("Error: Identifier does not match SOP Class", "A900", "the retrieve fails"),
+    ("Failure: Unable to process", "Cxxx", "the retrieve fails"),
+    ("(no response, association refused or broken off)", "—",
+     "the retrieve fails with the reason (connection refused, rejection, timeout after "
+     "`response_timeout` seconds without a response)"),
+]
+
+
+def queue(conn, source: str, study_instance_uid: str, burn: bool) -> int:
+    """Queue a retrieve inside the caller's transaction; return its id."""
+    cur = conn.execute(
+        "INSERT INTO media_retrieves (source, study_instance_uid, burn, state, created_at) "
+        "VALUES (?, ?, ?, ?, ?)", (source, study_instance_uid, int(burn), QUEUED, time.time()))
+    return cur.lastrowid
+
+
+def held_studies(db) -> list[str]:
+    """Study Instance UIDs whose jobs stay open: being retrieved, or retrieved
+    and not yet settled by the runner."""
+    return [r[0] for r in db.query(
+        "SELECT DISTINCT study_instance_uid FROM media_retrieves WHERE state = ? OR "
+        "(state IN (?, ?) AND settled = 0)", (RUNNING, DONE, FAILED))]
+
+
+def unsettled(db) -> list[dict]:
+    """Finished retrieves whose jobs the runner has not closed or failed yet."""
+    return [dict(r) for r in db.query(
+        "SELECT * FROM media_retrieves WHERE state IN (?, ?) AND settled = 0 ORDER BY id",
+        (DONE, FAILED))]
+
+
+def summary(db) -> dict[str, int]:
+    """Retrieves per state (the service's published state)."""
+    return {r[0]: r[1] for r in db.query("SELECT state, COUNT(*) FROM media_retrieves "
+                                         "GROUP BY state")}
+
+
+def resume(db) -> int:
+    """Put retrieves a stop or a crash caught running back in the queue."""
+    with db.write() as conn:
+        return conn.execute("UPDATE media_retrieves SET state = ? WHERE state = ?",
+                            (QUEUED, RUNNING)).rowcount
+
+
+@dataclass
+class Outcome:
+    state: str
+    message: str
+    status: int | None = None
+
+
+def _counts(status) -> dict:
+    def count(keyword):
+        value = status.get(keyword)
+        return None if value is None or value == "" else int(value)
+    return {"remaining": count("NumberOfRemainingSuboperations"),
+            "completed": count("NumberOfCompletedSuboperations"),
+            "failed": count("NumberOfFailedSuboperations"),
+            "warning": count("NumberOfWarningSuboperations")}
+
+
+def final_outcome(code: int, counts: dict, move_aet: str, where: str,
+                  comment: str = "") -> Outcome:
+    """The retrieve's end, from the final C-MOVE response (see STATUS_MEANINGS)."""
+    done, failed, warning = (counts.get(k) or 0 for k in ("completed", "failed", "warning"))
+    said = f" ({comment})" if comment else ""
+    if code == 0x0000:
+        if done == 0 and not failed:
+            return Outcome(FAILED, f"{where} has no instance of this study", code)
+        return Outcome(DONE, f"{done} instance(s) retrieved", code)
+    if code == 0xB000:
+        return Outcome(FAILED, f"{where} sent {done} instance(s); {failed} failed and "
+                               f"{warning} had warnings{said}", code)
+    if code == 0xFE00:
+        return Outcome(FAILED, f"{where} cancelled the retrieve after {done} instance(s)", code)
+    if code == 0xA801:
+        return Outcome(FAILED, f"{where} does not know the move destination {move_aet!r}: "
+                               f"declare {move_aet} (this box's address and media port) as "
+                               f"a DICOM node of the source{said}", code)
+    if code in (0xA701, 0xA702):
+        return Outcome(FAILED, f"{where} is out of resources (status {code:04X}){said}", code)
+    if code == 0xA900:
+        return Outcome(FAILED, f"{where} refused the identifier (status A900){said}", code)
+    return Outcome(FAILED, f"{where} failed the retrieve with status {code:04X} after "
+                           f"{done} instance(s){said}", code)
+
+
+class Retriever(Worker):
+    """Runs the retrieve queue, one C-MOVE at a time."""
+
+    def __init__(self, config, db, on_finished=None):
+        super().__init__("media-retriever")
+        self.config = config
+        self.db = db
+        self.on_finished = on_finished or (lambda: None)
+        self.current: dict | None = None
+        self._assoc = None
+
+    def stop(self, timeout: float | None = 10) -> None:
+        """Stop, aborting the C-MOVE in progress (it runs again at the next start)."""
+        self.stopping.set()
+        assoc = self._assoc
+        if assoc is not None:
+            assoc.abort()
+            # pynetdicom waits for the next response up to the DIMSE timeout;
+            # an empty message ends that wait now.
+            assoc.dimse.msg_queue.put((None, None))
+        super().stop(timeout)
+
+    def step(self) -> float:
+        row = self.db.query_one("SELECT * FROM media_retrieves WHERE state = ? ORDER BY id "
+                                "LIMIT 1", (QUEUED,))
+        if row is None:
+            return POLL_SECONDS
+        self.run_one(dict(row))
+        return 0
+
+    def run_one(self, row: dict) -> Outcome:
+        rid = row["id"]
+        with self.db.write() as conn:
+            conn.execute("UPDATE media_retrieves SET state = ?, started_at = ?, "
+                         "attempts = attempts + 1, completed = 0, failed = 0, warning = 0, "
+                         "remaining = NULL, status = NULL, message = NULL WHERE id = ?",
+                         (RUNNING, time.time(), rid))
+        self.current = row
+        try:
+            outcome = self._move(row)
+        except Exception as exc:  # noqa: BLE001 - the retrieve fails, not the service
+            LOGGER.exception("retrieve %d failed unexpectedly", rid)
+            outcome = Outcome(FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self.current = None
+        if self.stopping.is_set() and outcome.state == FAILED and outcome.status is None:
+            # Interrupted by the stop: it stays running and is queued again at start-up.
+            return outcome
+        with self.db.write() as conn:
+            conn.execute("UPDATE media_retrieves SET state = ?, finished_at = ?, status = ?, "
+                         "message = ? WHERE id = ?",
+                         (outcome.state, time.time(), outcome.status, outcome.message, rid))
+        log = LOGGER.info if outcome.state == DONE else LOGGER.warning
+        log("retrieve %d of study %s from %s: %s", rid, row["study_instance_uid"],
+            row["source"], outcome.message)
+        self.on_finished()
+        return outcome
+
+    def _move(self, row: dict) -> Outcome:
+        from pydicom.dataset import Dataset
+
+        media = self.config.media
+        source = media.source(row["source"])
+        if source is None:
+            return Outcome(FAILED, f"no source {row['source']!r} in media.sources")
+        where = f"{source.ae_title}@{source.host}:{source.port}"
+        ae = make_ae(media.ae_title, self.config.network, 1)
+        ae.dimse_timeout = source.response_timeout
+        ae.add_requested_context(STUDY_ROOT_MOVE, TRANSFER_SYNTAXES)
+        assoc = ae.associate(source.host, source.port, ae_title=source.ae_title,
+                             evt_handlers=NODELAY_HANDLERS)
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                return Outcome(FAILED, f"association rejected by {where}")
+            if getattr(assoc.acceptor, "primitive", None) is None:
+                return Outcome(FAILED, f"cannot connect to {where}")
+            return Outcome(FAILED, f"association aborted by {where}")
+        self._assoc = assoc
+        try:
+            if not any(cx.abstract_syntax == STUDY_ROOT_MOVE for cx in assoc.accepted_contexts):
+                return Outcome(FAILED, f"{where} does not accept Study Root C-MOVE "
+                                       "(presentation context rejected)")
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.StudyInstanceUID = row["study_instance_uid"]
+            # The last count of each kind: a final response may leave them out.
+            counts: dict = {}
+            for status, _ in assoc.send_c_move(identifier, media.ae_title, STUDY_ROOT_MOVE,
+                                                priority=0):
+                if self.stopping.is_set():
+                    break
+                code = status.get("Status") if status else None
+                if code is None:
+                    return Outcome(FAILED, f"no response from {where} within "
+                                           f"{source.response_timeout:g} s, or it broke off "
+                                           "the association")
+                counts.update((k, v) for k, v in _counts(status).items() if v is not None)
+                self._progress(row["id"], counts)
+                if code in (0xFF00, 0xFF01):
+                    continue
+                comment = str(status.get("ErrorComment", "") or "")
+                return final_outcome(int(code), counts, media.ae_title, where, comment)
+            return Outcome(FAILED, "stopped" if self.stopping.is_set() else
+                           f"{where} ended the retrieve without a final response")
+        finally:
+            self._assoc = None
+            if assoc.is_established:
+                if self.stopping.is_set():
+                    assoc.abort()
+                else:
+                    assoc.release()
+
+    def _progress(self, rid: int, counts: dict) -> None:
+        if not counts:
+            return
+        with self.db.write(durable=False) as conn:
+            conn.execute(f"UPDATE media_retrieves SET {', '.join(f'{k} = ?' for k in counts)} "
+                         "WHERE id = ?", (*counts.values(), rid))
