@@ -131,6 +131,10 @@ def test_fetch_problems_are_reported_and_nothing_is_burnt(box, netns, pacs, tmp_
     assert r.returncode != 0 and "no source 'nowhere' in media.sources (pacs, down)" \
         in r.stderr, r.stdout + r.stderr
 
+    r = cli(config, "media", "fetch", "pacs", "1.2.3; DROP", check=False)
+    assert r.returncode != 0 and "'1.2.3; DROP' is not a Study Instance UID" in r.stderr, \
+        r.stdout + r.stderr
+
     r = cli(config, "media", "fetch", "pacs", "1.2.826.0.1.3680043.8.498.4242",
             "--follow", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
@@ -246,3 +250,18 @@ def test_bad_sources_are_named(tmp_path, media, key, problem):
     with pytest.raises(ConfigError) as err:
         load(path)
     assert key in str(err.value) and problem in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("code, counts, state, words", [
+    (0x0000, {"completed": 4}, "done", "4 instance(s) retrieved"),
+    (0x0000, {"completed": 0}, "failed", "has no instance of this study"),
+    (0xB000, {"completed": 3, "failed": 0, "warning": 1}, "done", "1 with warnings"),
+    (0xB000, {"completed": 3, "failed": 1, "warning": 0}, "failed", "1 failed"),
+    (0xFE00, {"completed": 2}, "failed", "cancelled the retrieve after 2"),
+    (0xA702, {}, "failed", "out of resources (status A702)"),
+    (0xC001, {"completed": 1}, "failed", "status C001 after 1 instance(s)"),
+])
+def test_final_statuses(code, counts, state, words):
+    from dicombox.media.retrieve import final_outcome
+    outcome = final_outcome(code, counts, "DICOMBOX_CD", "PACS@10.0.0.5:104")
+    assert outcome.state == state and words in outcome.message, outcome

@@ -276,6 +276,10 @@ def cmd_fetch(args) -> int:
     if cfg.media.source(args.source) is None:
         known = ", ".join(s.name for s in cfg.media.sources) or "none is configured"
         raise CliError(f"no source {args.source!r} in media.sources ({known})")
+    from ..media.retrieve import check_study_uid
+    problem = check_study_uid(args.study)
+    if problem:
+        raise CliError(problem)
     _retrieves_table(_index(cfg))
     args.argument = json.dumps({"source": args.source, "study": args.study,
                                 "burn": args.burn})

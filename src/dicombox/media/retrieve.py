@@ -30,6 +30,7 @@ their first copy in the collecting job).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -84,8 +85,9 @@ STATUS_MEANINGS = [
     ("Success", "0000", "every sub-operation completed: the retrieve is `done`, the jobs "
                         "holding the study are closed (and marked for burning with `--burn`); "
                         "with no sub-operation at all it fails: the source has no such study"),
-    ("Warning", "B000", "some sub-operations failed or had warnings: the retrieve fails, the "
-                        "jobs holding what arrived are failed with the counts"),
+    ("Warning", "B000", "some sub-operations failed: the retrieve fails, the jobs holding "
+                        "what arrived are failed with the counts (none failed, only "
+                        "warnings: as Success)"),
     ("Pending", "FF00, FF01", "the counts are recorded and shown by `dicombox media fetches`; "
                               "the retrieve goes on"),
     ("Cancel", "FE00", "the retrieve fails (cancelled by the source)"),
@@ -99,6 +101,18 @@ STATUS_MEANINGS = [
      "the retrieve fails with the reason (connection refused, rejection, timeout after "
      "`response_timeout` seconds without a response)"),
 ]
+
+
+#: A UID: digits and dots (components with a leading zero, which PS3.5 9.1
+#: forbids, are accepted: older systems made such UIDs, and a PACS keeps them).
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def check_study_uid(value: str) -> str | None:
+    """Why ``value`` cannot be the Study Instance UID of a C-MOVE, or None."""
+    if len(value) > 64 or not _UID.fullmatch(value):
+        return f"{value!r} is not a Study Instance UID (digits and dots, at most 64)"
+    return None
 
 
 def queue(conn, source: str, study_instance_uid: str, burn: bool) -> int:
@@ -163,6 +177,10 @@ def final_outcome(code: int, counts: dict, move_aet: str, where: str,
         if done == 0 and not failed:
             return Outcome(FAILED, f"{where} has no instance of this study", code)
         return Outcome(DONE, f"{done} instance(s) retrieved", code)
+    if code == 0xB000 and not failed and warning:
+        # Every instance arrived; the Media AE answered some with a warning.
+        return Outcome(DONE, f"{done + warning} instance(s) retrieved, {warning} with "
+                             "warnings", code)
     if code == 0xB000:
         return Outcome(FAILED, f"{where} sent {done} instance(s); {failed} failed and "
                                f"{warning} had warnings{said}", code)
@@ -188,7 +206,6 @@ class Retriever(Worker):
         self.config = config
         self.db = db
         self.on_finished = on_finished or (lambda: None)
-        self.current: dict | None = None
         self._assoc = None
 
     def stop(self, timeout: float | None = 10) -> None:
@@ -217,14 +234,11 @@ class Retriever(Worker):
                          "attempts = attempts + 1, completed = 0, failed = 0, warning = 0, "
                          "remaining = NULL, status = NULL, message = NULL WHERE id = ?",
                          (RUNNING, time.time(), rid))
-        self.current = row
         try:
             outcome = self._move(row)
         except Exception as exc:  # noqa: BLE001 - the retrieve fails, not the service
             LOGGER.exception("retrieve %d failed unexpectedly", rid)
             outcome = Outcome(FAILED, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            self.current = None
         if self.stopping.is_set() and outcome.state == FAILED and outcome.status is None:
             # Interrupted by the stop: it stays running and is queued again at start-up.
             return outcome

@@ -592,8 +592,9 @@ class JobRunner(Worker):
         if self.media.source(source) is None:
             known = ", ".join(s.name for s in self.media.sources) or "none configured"
             raise ValueError(f"no source {source!r} in media.sources ({known})")
-        if not study or len(study) > 64:
-            raise ValueError(f"{study!r} is not a Study Instance UID")
+        problem = retrieve.check_study_uid(study)
+        if problem:
+            raise ValueError(problem)
         with self.jobs.db.write() as conn:
             rid = retrieve.queue(conn, source, study, bool(args.get("burn")))
         if self.retriever is not None:
