@@ -120,6 +120,44 @@ def test_fetch_collects_the_whole_study_and_burns_it(box, netns, pacs, tmp_path)
     assert "done" in cli(config, "media", "fetches").stdout
 
 
+def test_fetch_by_accession_number_and_by_patient_id(box, netns, pacs, tmp_path):
+    """A query (C-FIND) finds the studies; each becomes a retrieve and a disc."""
+    first = ct_series(tmp_path / "a", 3, patient=("Hist^Pat", "HIST1"))
+    second = ct_series(tmp_path / "b", 2, patient=("Hist^Pat", "HIST1"))
+    other = ct_series(tmp_path / "c", 2, patient=("Other^Pat", "OTHER1"))
+    load(netns, pacs, [*first, *second, *other])
+    accession = str(dcmread(first[0]).AccessionNumber)
+    config = config_for(tmp_path, pacs)
+    media = box("media", config=config, netns=netns)
+    state = tmp_path / "state"
+
+    r = cli(config, "media", "fetch", "pacs", "--accession", accession, "--burn", "--follow")
+    assert f"the studies with Accession Number {accession} from pacs" in r.stdout, r.stdout
+    assert f"retrieve 1 done: query (1 study with Accession Number '{accession}': " \
+        "retrieve 2)" in r.stdout, r.stdout
+    assert "retrieve 2 done: 3 received" in r.stdout, r.stdout
+    [job] = wait_job(state, "done", box=media)
+    assert job["instances"] == 3
+
+    r = cli(config, "media", "fetch", "pacs", "--patient-id", "HIST1", "--follow")
+    assert "2 studies with Patient ID 'HIST1': retrieves 4, 5" in r.stdout, r.stdout
+    rows = retrieves(state)
+    assert [(x["id"], x["parent"], x["state"]) for x in rows[2:]] == [
+        (3, None, "done"), (4, 3, "done"), (5, 3, "done")]
+    assert sorted(x["completed"] for x in rows[3:]) == [2, 3]
+    assert {x["patient_id"] for x in rows[3:]} == {"HIST1"}
+    closed = wait_job(state, "ready", box=media, count=2)  # auto_burn off, no --burn
+    assert sorted(j["instances"] for j in closed) == [2, 3]
+
+    r = cli(config, "media", "fetch", "pacs", "--patient-id", "HIST*", check=False)
+    assert r.returncode != 0 and "no wildcard" in r.stderr, r.stderr
+    r = cli(config, "media", "fetch", "pacs", "--patient-id", "NOBODY", "--follow",
+            check=False)
+    assert r.returncode == 1 and "has no study with Patient ID 'NOBODY'" in r.stdout, r.stdout
+    r = cli(config, "media", "fetch", "pacs", "1.2.3", "--accession", "X", check=False)
+    assert r.returncode != 0 and "not allowed with" in r.stderr, r.stderr
+
+
 def test_fetch_problems_are_reported_and_nothing_is_burnt(box, netns, pacs, tmp_path):
     config = config_for(tmp_path, pacs, sources=[
         {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.dicom_port},

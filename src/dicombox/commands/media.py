@@ -58,7 +58,12 @@ def register(sub) -> None:
     fp = msub.add_parser("fetch", help="fetch a study from a PACS of media.sources (C-MOVE) "
                                        "into a media job")
     fp.add_argument("source", help="the name of a [[media.sources]] entry")
-    fp.add_argument("study", help="the Study Instance UID")
+    which = fp.add_mutually_exclusive_group(required=True)
+    which.add_argument("study", nargs="?", help="the Study Instance UID")
+    which.add_argument("--accession", help="fetch the studies with this Accession Number "
+                                           "(found with C-FIND)")
+    which.add_argument("--patient-id", help="fetch every study of this Patient ID "
+                                            "(found with C-FIND)")
     fp.add_argument("--burn", action="store_true",
                     help="burn the job once the whole study arrived (even without "
                          "media.auto_burn)")
@@ -276,12 +281,15 @@ def cmd_fetch(args) -> int:
     if cfg.media.source(args.source) is None:
         known = ", ".join(s.name for s in cfg.media.sources) or "none is configured"
         raise CliError(f"no source {args.source!r} in media.sources ({known})")
-    from ..media.retrieve import check_study_uid
-    problem = check_study_uid(args.study)
+    from ..media.retrieve import check_key, check_study_uid
+    problem = (check_study_uid(args.study) if args.study else
+               check_key("Accession Number", args.accession, 16) if args.accession else
+               check_key("Patient ID", args.patient_id, 64))
     if problem:
         raise CliError(problem)
     _retrieves_table(_index(cfg))
     args.argument = json.dumps({"source": args.source, "study": args.study,
+                                "accession": args.accession, "patient_id": args.patient_id,
                                 "burn": args.burn})
     return cmd_command(args)
 
@@ -316,26 +324,35 @@ def cmd_fetches(args) -> int:
         r["created"] = format_time(r["created_at"])
         r["message"] = r["message"] or ""
         r["jobs"] = r["jobs"] or ""
+    for r in rows:
+        r["what"] = r["study_instance_uid"] or (
+            f"accession {r['accession_number']}" if r["accession_number"]
+            else f"patient {r['patient_id']}")
     print_table(rows, [("id", "ID"), ("state", "STATE"), ("source", "SOURCE"),
-                       ("study_instance_uid", "STUDY"), ("progress", "INSTANCES"),
+                       ("what", "STUDY"), ("progress", "INSTANCES"),
                        ("jobs", "JOBS"), ("created", "QUEUED"), ("message", "RESULT")])
     return 0
 
 
 def follow_retrieve(conn, retrieve_id: int, interval: float = 1.0) -> int:
-    """Print the retrieve's progress until it ends; exit 0 only when it is done."""
-    last = None
+    """Print the progress of the retrieve (and of those its query queued) until
+    they end; exit 0 only when all are done."""
+    last: dict[int, str] = {}
     while True:
-        r = dict(conn.execute("SELECT * FROM media_retrieves WHERE id = ?",
-                              (retrieve_id,)).fetchone())
-        line = f"retrieve {retrieve_id} {r['state']}: {format_retrieve(r)}"
-        if r["message"]:
-            line += f" ({r['message']})"
-        if r["state"] in ("done", "failed") and r["settled"]:
-            line += f"; jobs: {r['jobs'] or 'none'}"
-        if line != last:
-            print(line, flush=True)
-            last = line
-        if r["state"] in ("done", "failed") and r["settled"]:
-            return 0 if r["state"] == "done" else 1
+        rows = [dict(r) for r in conn.execute(
+            "SELECT * FROM media_retrieves WHERE id = ? OR parent = ? ORDER BY id",
+            (retrieve_id, retrieve_id))]
+        for r in rows:
+            ended = r["state"] in ("done", "failed") and r["settled"]
+            line = f"retrieve {r['id']} {r['state']}: "
+            line += format_retrieve(r) if r["study_instance_uid"] else "query"
+            if r["message"]:
+                line += f" ({r['message']})"
+            if ended and r["study_instance_uid"]:
+                line += f"; jobs: {r['jobs'] or 'none'}"
+            if line != last.get(r["id"]):
+                print(line, flush=True)
+                last[r["id"]] = line
+        if all(r["state"] in ("done", "failed") and r["settled"] for r in rows):
+            return 0 if all(r["state"] == "done" for r in rows) else 1
         time.sleep(interval)

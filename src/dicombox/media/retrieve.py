@@ -1,9 +1,13 @@
-"""Fetching a study from a PACS for burning: the Media AE as C-MOVE SCU.
+"""Fetching a study from a PACS for burning: the Media AE as C-FIND and C-MOVE SCU.
 
 ``dicombox media fetch SOURCE STUDY_UID`` queues a *retrieve* (a row of
 ``media_retrieves``).  The :class:`Retriever` thread runs the queue, one
 retrieve at a time, oldest first: it asks the source (a ``[[media.sources]]``
 entry) with a Study Root C-MOVE to send the study to the Media AE's own title.
+``--accession`` or ``--patient-id`` instead queue a *query*: a Study Root
+C-FIND at the study level finds the source's studies with that Accession
+Number or Patient ID, and each becomes a retrieve of its own (its
+``parent`` is the query).
 The source then opens its own association to the Media AE and sends the
 instances as C-STOREs, which are spooled and collected into media jobs like
 anything else sent to the burner (grouping, durability: see ``service.py``).
@@ -43,6 +47,11 @@ LOGGER = logging.getLogger("dicombox.media.retrieve")
 #: Study Root Query/Retrieve Information Model - MOVE.
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_MOVE_NAME = "Study Root Query/Retrieve Information Model - MOVE"
+#: Study Root Query/Retrieve Information Model - FIND.
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_FIND_NAME = "Study Root Query/Retrieve Information Model - FIND"
+#: Studies one query may turn into retrieves (a Patient ID of a long history).
+MAX_STUDIES = 50
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 
 QUEUED = "queued"
@@ -60,6 +69,9 @@ MIGRATIONS = [
             id INTEGER PRIMARY KEY,
             source TEXT NOT NULL,
             study_instance_uid TEXT NOT NULL,
+            accession_number TEXT NOT NULL DEFAULT '',
+            patient_id TEXT NOT NULL DEFAULT '',
+            parent INTEGER,
             burn INTEGER NOT NULL DEFAULT 0,
             state TEXT NOT NULL,
             created_at REAL NOT NULL,
@@ -115,11 +127,23 @@ def check_study_uid(value: str) -> str | None:
     return None
 
 
-def queue(conn, source: str, study_instance_uid: str, burn: bool) -> int:
-    """Queue a retrieve inside the caller's transaction; return its id."""
+def check_key(name: str, value: str, longest: int) -> str | None:
+    """Why ``value`` cannot be matched exactly as an Accession Number or Patient ID."""
+    if not value.strip() or len(value) > longest or any(c in value for c in "\\*?"):
+        return (f"{value!r} is not a {name} to match exactly (1 to {longest} characters, "
+                "no wildcard * or ?, no backslash)")
+    return None
+
+
+def queue(conn, source: str, study_instance_uid: str, burn: bool, accession_number: str = "",
+          patient_id: str = "", parent: int | None = None) -> int:
+    """Queue a retrieve (or, without a study, a query) inside the caller's
+    transaction; return its id."""
     cur = conn.execute(
-        "INSERT INTO media_retrieves (source, study_instance_uid, burn, state, created_at) "
-        "VALUES (?, ?, ?, ?, ?)", (source, study_instance_uid, int(burn), QUEUED, time.time()))
+        "INSERT INTO media_retrieves (source, study_instance_uid, accession_number, "
+        "patient_id, parent, burn, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (source, study_instance_uid, accession_number, patient_id, parent, int(burn), QUEUED,
+         time.time()))
     return cur.lastrowid
 
 
@@ -127,8 +151,8 @@ def held_studies(db) -> list[str]:
     """Study Instance UIDs whose jobs stay open: being retrieved, or retrieved
     and not yet settled by the runner."""
     return [r[0] for r in db.query(
-        "SELECT DISTINCT study_instance_uid FROM media_retrieves WHERE state = ? OR "
-        "(state IN (?, ?) AND settled = 0)", (RUNNING, DONE, FAILED))]
+        "SELECT DISTINCT study_instance_uid FROM media_retrieves WHERE study_instance_uid "
+        "!= '' AND (state = ? OR (state IN (?, ?) AND settled = 0))", (RUNNING, DONE, FAILED))]
 
 
 def unsettled(db) -> list[dict]:
@@ -247,8 +271,9 @@ class Retriever(Worker):
                          "message = ? WHERE id = ?",
                          (outcome.state, time.time(), outcome.status, outcome.message, rid))
         log = LOGGER.info if outcome.state == DONE else LOGGER.warning
-        log("retrieve %d of study %s from %s: %s", rid, row["study_instance_uid"],
-            row["source"], outcome.message)
+        what = (f"study {row['study_instance_uid']}" if row["study_instance_uid"] else
+                f"the studies of {row['accession_number'] or row['patient_id']!r}")
+        log("retrieve %d of %s from %s: %s", rid, what, row["source"], outcome.message)
         self.on_finished()
         return outcome
 
@@ -263,6 +288,7 @@ class Retriever(Worker):
         ae = make_ae(media.ae_title, self.config.network, 1)
         ae.dimse_timeout = source.response_timeout
         ae.add_requested_context(STUDY_ROOT_MOVE, TRANSFER_SYNTAXES)
+        ae.add_requested_context(STUDY_ROOT_FIND, TRANSFER_SYNTAXES)
         assoc = ae.associate(source.host, source.port, ae_title=source.ae_title,
                              evt_handlers=NODELAY_HANDLERS)
         if not assoc.is_established:
@@ -273,6 +299,8 @@ class Retriever(Worker):
             return Outcome(FAILED, f"association aborted by {where}")
         self._assoc = assoc
         try:
+            if not row["study_instance_uid"]:
+                return self._find(assoc, row, where)
             if not any(cx.abstract_syntax == STUDY_ROOT_MOVE for cx in assoc.accepted_contexts):
                 return Outcome(FAILED, f"{where} does not accept Study Root C-MOVE "
                                        "(presentation context rejected)")
@@ -305,6 +333,54 @@ class Retriever(Worker):
                     assoc.abort()
                 else:
                     assoc.release()
+
+    def _find(self, assoc, row: dict, where: str) -> Outcome:
+        """A query: find the studies, queue a retrieve for each."""
+        from pydicom.dataset import Dataset
+
+        if not any(cx.abstract_syntax == STUDY_ROOT_FIND for cx in assoc.accepted_contexts):
+            return Outcome(FAILED, f"{where} does not accept Study Root C-FIND "
+                                   "(presentation context rejected)")
+        key = (f"Accession Number {row['accession_number']!r}" if row["accession_number"]
+               else f"Patient ID {row['patient_id']!r}")
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = ""
+        identifier.AccessionNumber = row["accession_number"]
+        identifier.PatientID = row["patient_id"]
+        identifier.StudyDate = ""
+        studies: dict[str, tuple[str, str]] = {}
+        for status, found in assoc.send_c_find(identifier, STUDY_ROOT_FIND, priority=0):
+            if self.stopping.is_set():
+                return Outcome(FAILED, "stopped")
+            code = status.get("Status") if status else None
+            if code is None:
+                return Outcome(FAILED, f"no C-FIND response from {where}, or it broke off "
+                                       "the association")
+            if code in (0xFF00, 0xFF01):
+                uid = str(getattr(found, "StudyInstanceUID", "") or "") if found else ""
+                if uid and check_study_uid(uid) is None:
+                    studies[uid] = (str(getattr(found, "AccessionNumber", "") or ""),
+                                    str(getattr(found, "PatientID", "") or ""))
+                continue
+            if code != 0x0000:
+                comment = str(status.get("ErrorComment", "") or "")
+                return Outcome(FAILED, f"{where} failed the query for {key} with status "
+                                       f"{int(code):04X}" + (f" ({comment})" if comment else ""),
+                               int(code))
+            break
+        if not studies:
+            return Outcome(FAILED, f"{where} has no study with {key}", 0)
+        if len(studies) > MAX_STUDIES:
+            return Outcome(FAILED, f"{where} has {len(studies)} studies with {key}, more than "
+                                   f"{MAX_STUDIES}: fetch them by Study Instance UID", 0)
+        with self.db.write() as conn:
+            ids = [queue(conn, row["source"], uid, bool(row["burn"]), accession, patient,
+                         parent=row["id"]) for uid, (accession, patient) in studies.items()]
+        self.wake()
+        return Outcome(DONE, f"{len(ids)} stud{'y' if len(ids) == 1 else 'ies'} with {key}: "
+                             f"retrieve{'s' if len(ids) > 1 else ''} "
+                             f"{', '.join(map(str, ids))}", 0)
 
     def _progress(self, rid: int, counts: dict) -> None:
         if not counts:

@@ -586,20 +586,31 @@ class JobRunner(Worker):
     def _fetch(self, argument: str | None) -> str:
         try:
             args = json.loads(argument or "")
-            source, study = str(args["source"]), str(args["study"]).strip()
-        except (ValueError, KeyError, TypeError):
+            source = str(args["source"])
+            study, accession, patient = (str(args.get(k) or "").strip()
+                                         for k in ("study", "accession", "patient_id"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError(f"fetch needs a source and a study, not {argument!r}") from None
         if self.media.source(source) is None:
             known = ", ".join(s.name for s in self.media.sources) or "none configured"
             raise ValueError(f"no source {source!r} in media.sources ({known})")
-        problem = retrieve.check_study_uid(study)
+        if sum(map(bool, (study, accession, patient))) != 1:
+            raise ValueError("fetch needs one of a Study Instance UID, an Accession Number "
+                             "or a Patient ID")
+        problem = (retrieve.check_study_uid(study) if study else
+                   retrieve.check_key("Accession Number", accession, 16) if accession else
+                   retrieve.check_key("Patient ID", patient, 64))
         if problem:
             raise ValueError(problem)
         with self.jobs.db.write() as conn:
-            rid = retrieve.queue(conn, source, study, bool(args.get("burn")))
+            rid = retrieve.queue(conn, source, study, bool(args.get("burn")), accession,
+                                 patient)
         if self.retriever is not None:
             self.retriever.wake()
-        return f"retrieve {rid} queued: study {study} from {source}"
+        what = (f"study {study}" if study else
+                f"the studies with Accession Number {accession}" if accession else
+                f"the studies of Patient ID {patient}")
+        return f"retrieve {rid} queued: {what} from {source}"
 
     def finish_retrieves(self) -> None:
         """Close (or fail) the jobs of every retrieve that ended (see retrieve.py)."""

@@ -308,6 +308,8 @@ def _media_contexts() -> str:
              "see Table 2", f"{ts} (in this order of preference)", "SCP", "None"],
             [mcm.SOP_CLASS_NAME, mcm.SOP_CLASS,
              "ExplicitVRLittleEndian, ImplicitVRLittleEndian", "SCP", "None"],
+            [retrieve.STUDY_ROOT_FIND_NAME, retrieve.STUDY_ROOT_FIND,
+             "ExplicitVRLittleEndian, ImplicitVRLittleEndian (proposed)", "SCU", "None"],
             [retrieve.STUDY_ROOT_MOVE_NAME, retrieve.STUDY_ROOT_MOVE,
              "ExplicitVRLittleEndian, ImplicitVRLittleEndian (proposed)", "SCU", "None"]]
     return md_table(["Abstract Syntax", "UID", "Transfer Syntaxes", "Role", "Ext. Neg."], rows)
