@@ -231,6 +231,44 @@ def partial_retrieve(config, tmp_path, media, study):
     assert not (tmp_path / "disc.iso").exists() or (tmp_path / "disc.iso").stat().st_size == 0
 
 
+def test_an_operator_cancels_a_running_and_a_queued_retrieve(box, netns, tmp_path):
+    """fetch-cancel: the running retrieve gets a C-CANCEL (dcmqrscp stops and
+    answers Cancel), its job fails as incomplete; the queued one never starts."""
+    study = "1.2.826.0.1.3680043.8.498.79"
+    files = ct_series(tmp_path / "ct", 3000, rows=16, cols=16, study=study)
+    pacs = DcmQrScp(netns, tmp_path, free_port(), files)
+    config = config_for(tmp_path, pacs, auto_burn=True)
+    state = tmp_path / "state"
+    try:
+        media = box("media", config=config, netns=netns)
+        cli(config, "media", "fetch", "pacs", study)
+        cli(config, "media", "fetch", "pacs", "1.2.826.0.1.3680043.8.498.80")
+
+        def some_arrived():
+            rows = retrieves(state)
+            return rows[0]["state"] == "running" and rows[0]["completed"] >= 5
+        wait_for(some_arrived, timeout=60, interval=0.01, what="part of the study")
+        r = cli(config, "media", "fetch-cancel", "2")
+        assert r.stdout.strip() == "retrieve 2 cancelled", r.stdout
+        r = cli(config, "media", "fetch-cancel", "1")
+        assert "retrieve 1 is being cancelled (C-CANCEL sent to the source)" in r.stdout
+        wait_for(lambda: retrieves(state)[0]["settled"] == 1, timeout=60,
+                 what="the cancelled retrieve to end")
+    finally:
+        pacs.stop()
+    first, second = retrieves(state)
+    assert first["state"] == "failed" and first["status"] == 0xFE00, first
+    assert first["message"].startswith("cancelled by the operator: PACS@"), first
+    assert 5 <= first["completed"] < 3000, first
+    assert second["state"] == "failed" and second["attempts"] == 0
+    assert second["message"] == "cancelled by the operator before it started"
+    [job] = wait_job(state, "failed", box=media)
+    assert job["instances"] == first["completed"]
+    assert job["error"].startswith("incomplete study: cancelled by the operator"), job
+    r = cli(config, "media", "fetch-cancel", "1", check=False)
+    assert r.returncode == 1 and "refused: retrieve 1 is already failed" in r.stdout, r.stdout
+
+
 def test_a_source_that_does_not_know_the_media_ae_is_explained(box, netns, tmp_path):
     study = "1.2.826.0.1.3680043.8.498.78"
     files = ct_series(tmp_path / "ct", 2, study=study)

@@ -1,5 +1,5 @@
-"""``dicombox media list|show|burn|cancel|retry|delete|eject|fetch|fetches``: the media jobs
-and the studies fetched from a PACS for them.
+"""``dicombox media list|show|burn|cancel|retry|delete|eject``: the media jobs, and
+``fetch|fetch-cancel|fetches``: the studies fetched from a PACS for them.
 
 Reading commands open the media index read-only.  Commands that change a
 job are not executed here: they are queued in ``media_commands`` (as the
@@ -70,10 +70,13 @@ def register(sub) -> None:
     fp.add_argument("--follow", action="store_true",
                     help="then print the retrieve's progress until it ends")
     fp.set_defaults(func=cmd_fetch, command="fetch", job_id=None)
+    kp = msub.add_parser("fetch-cancel", help="cancel a queued or running retrieve")
+    kp.add_argument("retrieve", type=int, help="the retrieve's number (media fetches)")
+    kp.set_defaults(func=cmd_fetch_cancel, command="fetch-cancel", job_id=None)
     xp = msub.add_parser("fetches", help="the retrieves from PACS, newest last")
     xp.add_argument("--json", action="store_true")
     xp.set_defaults(func=cmd_fetches)
-    for q in (bp, cp, rp, dp, ep, fp):
+    for q in (bp, cp, rp, dp, ep, fp, kp):
         q.add_argument("--timeout", type=float, default=30,
                        help="seconds to wait for the media service's answer (default 30)")
 
@@ -291,6 +294,13 @@ def cmd_fetch(args) -> int:
     args.argument = json.dumps({"source": args.source, "study": args.study,
                                 "accession": args.accession, "patient_id": args.patient_id,
                                 "burn": args.burn})
+    return cmd_command(args)
+
+
+def cmd_fetch_cancel(args) -> int:
+    cfg = load_config(args.config)
+    _retrieves_table(_index(cfg))
+    args.argument = str(args.retrieve)
     return cmd_command(args)
 
 

@@ -225,7 +225,7 @@ MIGRATIONS = [
 BATCH = 256
 
 #: Commands the service executes from ``media_commands``.
-COMMANDS = ("burn", "cancel", "eject", "retry", "delete", "fetch")
+COMMANDS = ("burn", "cancel", "eject", "retry", "delete", "fetch", "fetch-cancel")
 
 
 class InvalidTransition(ValueError):

@@ -50,6 +50,8 @@ STUDY_ROOT_MOVE_NAME = "Study Root Query/Retrieve Information Model - MOVE"
 #: Study Root Query/Retrieve Information Model - FIND.
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_FIND_NAME = "Study Root Query/Retrieve Information Model - FIND"
+#: The Message ID of every C-FIND and C-MOVE request (one per association), for C-CANCEL.
+MOVE_MESSAGE_ID = 1
 #: Studies one query may turn into retrieves (a Patient ID of a long history).
 MAX_STUDIES = 50
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
@@ -168,6 +170,16 @@ def summary(db) -> dict[str, int]:
                                          "GROUP BY state")}
 
 
+def cancel_queued(db, rid: int) -> bool:
+    """Cancel a retrieve that has not started; False when it is not queued."""
+    with db.write() as conn:
+        return conn.execute(
+            "UPDATE media_retrieves SET state = ?, finished_at = ?, message = ? "
+            "WHERE id = ? AND state = ?",
+            (FAILED, time.time(), "cancelled by the operator before it started", rid,
+             QUEUED)).rowcount > 0
+
+
 def resume(db) -> int:
     """Put retrieves a stop or a crash caught running back in the queue."""
     with db.write() as conn:
@@ -231,6 +243,25 @@ class Retriever(Worker):
         self.db = db
         self.on_finished = on_finished or (lambda: None)
         self._assoc = None
+        #: The id of the running retrieve an operator cancelled.
+        self._cancelled: int | None = None
+        self._running: int | None = None
+        #: The query model of the request in progress (C-FIND or C-MOVE).
+        self._model = STUDY_ROOT_MOVE
+
+    def cancel(self, rid: int) -> bool:
+        """Ask the source to stop sending the running retrieve ``rid`` (C-CANCEL);
+        False when it is not the one running."""
+        assoc = self._assoc
+        if self._running != rid:
+            return False
+        self._cancelled = rid
+        if assoc is not None and assoc.is_established:
+            try:
+                assoc.send_c_cancel(MOVE_MESSAGE_ID, query_model=self._model)
+            except (RuntimeError, ValueError) as exc:
+                LOGGER.warning("cannot send C-CANCEL for retrieve %d: %s", rid, exc)
+        return True
 
     def stop(self, timeout: float | None = 10) -> None:
         """Stop, aborting the C-MOVE in progress (it runs again at the next start)."""
@@ -258,11 +289,16 @@ class Retriever(Worker):
                          "attempts = attempts + 1, completed = 0, failed = 0, warning = 0, "
                          "remaining = NULL, status = NULL, message = NULL WHERE id = ?",
                          (RUNNING, time.time(), rid))
+        self._running, self._cancelled = rid, None
         try:
             outcome = self._move(row)
         except Exception as exc:  # noqa: BLE001 - the retrieve fails, not the service
             LOGGER.exception("retrieve %d failed unexpectedly", rid)
             outcome = Outcome(FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._running = None
+        if self._cancelled == rid and outcome.state == FAILED:
+            outcome.message = f"cancelled by the operator: {outcome.message}"
         if self.stopping.is_set() and outcome.state == FAILED and outcome.status is None:
             # Interrupted by the stop: it stays running and is queued again at start-up.
             return outcome
@@ -299,6 +335,7 @@ class Retriever(Worker):
             return Outcome(FAILED, f"association aborted by {where}")
         self._assoc = assoc
         try:
+            self._model = STUDY_ROOT_MOVE if row["study_instance_uid"] else STUDY_ROOT_FIND
             if not row["study_instance_uid"]:
                 return self._find(assoc, row, where)
             if not any(cx.abstract_syntax == STUDY_ROOT_MOVE for cx in assoc.accepted_contexts):
@@ -310,7 +347,7 @@ class Retriever(Worker):
             # The last count of each kind: a final response may leave them out.
             counts: dict = {}
             for status, _ in assoc.send_c_move(identifier, media.ae_title, STUDY_ROOT_MOVE,
-                                                priority=0):
+                                                msg_id=MOVE_MESSAGE_ID, priority=0):
                 if self.stopping.is_set():
                     break
                 code = status.get("Status") if status else None
@@ -350,13 +387,16 @@ class Retriever(Worker):
         identifier.PatientID = row["patient_id"]
         identifier.StudyDate = ""
         studies: dict[str, tuple[str, str]] = {}
-        for status, found in assoc.send_c_find(identifier, STUDY_ROOT_FIND, priority=0):
+        for status, found in assoc.send_c_find(identifier, STUDY_ROOT_FIND,
+                                               msg_id=MOVE_MESSAGE_ID, priority=0):
             if self.stopping.is_set():
                 return Outcome(FAILED, "stopped")
             code = status.get("Status") if status else None
             if code is None:
                 return Outcome(FAILED, f"no C-FIND response from {where}, or it broke off "
                                        "the association")
+            if self._cancelled == row["id"]:
+                return Outcome(FAILED, "the query was cancelled", int(code))
             if code in (0xFF00, 0xFF01):
                 uid = str(getattr(found, "StudyInstanceUID", "") or "") if found else ""
                 if uid and check_study_uid(uid) is None:

@@ -509,6 +509,8 @@ class JobRunner(Worker):
             raise ValueError(f"unknown command {command!r}")
         if command == "fetch":
             return self._fetch(argument)
+        if command == "fetch-cancel":
+            return self._fetch_cancel(argument)
         running = self.running()
         if command == "burn":
             return self._burn(job_id)
@@ -611,6 +613,20 @@ class JobRunner(Worker):
                 f"the studies with Accession Number {accession}" if accession else
                 f"the studies of Patient ID {patient}")
         return f"retrieve {rid} queued: {what} from {source}"
+
+    def _fetch_cancel(self, argument: str | None) -> str:
+        try:
+            rid = int(argument or "")
+        except ValueError:
+            raise ValueError(f"fetch-cancel needs a retrieve number, not {argument!r}") from None
+        row = self.jobs.db.query_one("SELECT state FROM media_retrieves WHERE id = ?", (rid,))
+        if row is None:
+            raise ValueError(f"no retrieve {rid}")
+        if retrieve.cancel_queued(self.jobs.db, rid):
+            return f"retrieve {rid} cancelled"
+        if self.retriever is not None and self.retriever.cancel(rid):
+            return f"retrieve {rid} is being cancelled (C-CANCEL sent to the source)"
+        raise ValueError(f"retrieve {rid} is already {row['state']}")
 
     def finish_retrieves(self) -> None:
         """Close (or fail) the jobs of every retrieve that ended (see retrieve.py)."""

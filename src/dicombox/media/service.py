@@ -334,6 +334,8 @@ def _job_commands() -> str:
         "retry": "make a `failed`, `cancelled` or `done` job `ready` again (another copy)",
         "delete": "delete a job that is not running, and the instances only it holds",
         "fetch": "queue a retrieve of a study from a `[[media.sources]]` PACS (6.6)",
+        "fetch-cancel": "cancel a queued retrieve, or ask the source to stop the running one "
+                        "(C-CANCEL; its jobs fail as for an incomplete study)",
     }
     return md_table(["Command", "Effect"], [[f"`{c}`", what[c]] for c in J.COMMANDS])
 
