@@ -414,13 +414,20 @@ class Retriever(Worker):
         if len(studies) > MAX_STUDIES:
             return Outcome(FAILED, f"{where} has {len(studies)} studies with {key}, more than "
                                    f"{MAX_STUDIES}: fetch them by Study Instance UID", 0)
+        # The retrieves and the query's end in one transaction: a crash cannot
+        # leave them queued with the query queued again (every study twice).
         with self.db.write() as conn:
             ids = [queue(conn, row["source"], uid, bool(row["burn"]), accession, patient,
                          parent=row["id"]) for uid, (accession, patient) in studies.items()]
+            outcome = Outcome(DONE, f"{len(ids)} stud{'y' if len(ids) == 1 else 'ies'} with "
+                                    f"{key}: retrieve{'s' if len(ids) > 1 else ''} "
+                                    f"{', '.join(map(str, ids))}", 0)
+            conn.execute("UPDATE media_retrieves SET state = ?, finished_at = ?, status = ?, "
+                         "message = ? WHERE id = ?",
+                         (outcome.state, time.time(), outcome.status, outcome.message,
+                          row["id"]))
         self.wake()
-        return Outcome(DONE, f"{len(ids)} stud{'y' if len(ids) == 1 else 'ies'} with {key}: "
-                             f"retrieve{'s' if len(ids) > 1 else ''} "
-                             f"{', '.join(map(str, ids))}", 0)
+        return outcome
 
     def _progress(self, rid: int, counts: dict) -> None:
         if not counts:

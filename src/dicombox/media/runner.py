@@ -632,22 +632,28 @@ class JobRunner(Worker):
         """Close (or fail) the jobs of every retrieve that ended (see retrieve.py)."""
         for r in retrieve.unsettled(self.jobs.db):
             since = r["started_at"] or r["created_at"]
+            # Collecting, or closed and not started: what a crash between the
+            # steps below left half done is settled again at the next start.
             job_ids = [row[0] for row in self.jobs.db.query(
-                "SELECT id FROM media_jobs j WHERE state = ? AND EXISTS (SELECT 1 FROM "
+                "SELECT id FROM media_jobs j WHERE state IN (?, ?) AND EXISTS (SELECT 1 FROM "
                 "media_job_instances i WHERE i.job_id = j.id AND i.study_instance_uid = ? "
                 "AND i.added_at >= ?) ORDER BY created_at",
-                (J.COLLECTING, r["study_instance_uid"], since))]
+                (J.COLLECTING, J.READY, r["study_instance_uid"], since))]
             what = f"retrieve {r['id']} from {r['source']}"
+            running = self.running()
+            # A job an operator started meanwhile (`media burn`) is left to run.
+            job_ids = [j for j in job_ids if running is None or running.job_id != j]
             for job_id in job_ids:
                 if r["state"] == retrieve.DONE:
                     self.jobs.close(job_id, f"{what} finished", only_if=J.COLLECTING)
                     if r["burn"]:
                         self.jobs.update(job_id, "burn requested with the fetch",
                                          burn_requested=1, medium_refused=0)
-                elif self.jobs.close(job_id, f"{what} failed", only_if=J.COLLECTING):
-                    self.jobs.transition(job_id, "fail", f"{what} failed: {r['message']}",
-                                         error=f"incomplete study: {r['message']}",
-                                         finished_at=time.time())
+                    continue
+                self.jobs.close(job_id, f"{what} failed", only_if=J.COLLECTING)
+                self.jobs.transition(job_id, "fail", f"{what} failed: {r['message']}",
+                                     error=f"incomplete study: {r['message']}",
+                                     finished_at=time.time())
             with self.jobs.db.write() as conn:
                 conn.execute("UPDATE media_retrieves SET settled = 1, jobs = ? WHERE id = ?",
                              (" ".join(job_ids), r["id"]))
