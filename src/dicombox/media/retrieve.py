@@ -104,7 +104,8 @@ STATUS_MEANINGS = [
                         "warnings: as Success)"),
     ("Pending", "FF00, FF01", "the counts are recorded and shown by `dicombox media fetches`; "
                               "the retrieve goes on"),
-    ("Cancel", "FE00", "the retrieve fails (cancelled by the source)"),
+    ("Cancel", "FE00", "the retrieve fails: cancelled, after the operator's C-CANCEL "
+                       "(`dicombox media fetch-cancel`) or by the source itself"),
     ("Refused: Move Destination unknown", "A801",
      "the retrieve fails, telling the operator to declare the Media AE (title, address, "
      "port) as a DICOM node of the source"),
