@@ -145,6 +145,27 @@ def tiny_instances(directory: Path, count: int, study: str | None = None) -> lis
     return out
 
 
+def secondary_capture_16(path: Path, study: str, series: str, patient: tuple[str, str],
+                         series_number: int, number: int, fill: int) -> Dataset:
+    """One 16x16 8-bit Secondary Capture of ``fill`` bytes, written fast (no
+    numpy, a few attributes): for tests that need thousands of instances."""
+    ds = Dataset()
+    ds.SOPClassUID = SC
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientName, ds.PatientID = patient
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
+    ds.Modality, ds.ConversionType = "OT", "WSD"
+    ds.SeriesNumber, ds.InstanceNumber = series_number, number
+    ds.Rows = ds.Columns = 16
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes([fill % 256]) * 256
+    _save(ds, path)
+    return ds
+
+
 #: name -> (command builder, transfer syntax UID)
 COMPRESSORS = {
     "jpeg-lossless": (lambda s, d: ["dcmcjpeg", "+e1", s, d], "1.2.840.10008.1.2.4.70"),

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import mediakit as K
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from datagen import secondary_capture_16
 
 INSTANCES = 3000
 #: What the media service may use at most, whatever the job (issue 7).
@@ -71,25 +72,8 @@ def _tiny_job(directory: Path, count: int) -> list[dict]:
             series = generate_uid()
         study = studies[(i // 1000) % 3]
         patient = ("Tiny^One", "PTINY1") if study == studies[0] else ("Tiny^Two", "PTINY2")
-        ds = Dataset()
-        ds.SOPClassUID = SC
-        ds.SOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientName, ds.PatientID = patient
-        ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
-        ds.Modality, ds.ConversionType = "OT", "WSD"
-        ds.SeriesNumber, ds.InstanceNumber = i // 100 + 1, i % 100 + 1
-        ds.Rows = ds.Columns = 16
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit, ds.PixelRepresentation = 7, 0
-        ds.PixelData = bytes([i % 256]) * 256
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = SC
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         path = directory / f"SC{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        ds = secondary_capture_16(path, study, series, patient, i // 100 + 1, i % 100 + 1, i)
         rows.append({"path": str(path), "sop_instance_uid": ds.SOPInstanceUID,
                      "sop_class_uid": SC, "study_instance_uid": study,
                      "series_instance_uid": series, "patient_id": patient[1],

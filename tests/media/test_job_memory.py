@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from datagen import secondary_capture_16
 from helpers import require
 
 N = 600
@@ -143,25 +143,9 @@ def _instances(directory: Path, count: int) -> list[dict]:
     series = [generate_uid() for _ in range(SERIES)]
     rows = []
     for i in range(count):
-        ds = Dataset()
-        ds.SOPClassUID = SC
-        ds.SOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series[i % SERIES]
-        ds.PatientName, ds.PatientID = "Memory^Test", "PMEM"
-        ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
-        ds.Modality, ds.ConversionType = "OT", "WSD"
-        ds.SeriesNumber, ds.InstanceNumber = i % SERIES + 1, i // SERIES + 1
-        ds.Rows = ds.Columns = 16
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit, ds.PixelRepresentation = 7, 0
-        ds.PixelData = bytes([i % 256]) * 256
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = SC
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         path = directory / f"SC{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        ds = secondary_capture_16(path, study, series[i % SERIES], ("Memory^Test", "PMEM"),
+                                  i % SERIES + 1, i // SERIES + 1, i)
         data = path.read_bytes()
         rows.append({"file": str(path), "sop_instance_uid": ds.SOPInstanceUID,
                      "sop_class_uid": SC, "study_instance_uid": study,
