@@ -8,8 +8,10 @@ from .ae import (
     Listener,
     make_ae,
     nodelay,
+    refusal_text,
     storage_contexts,
 )
 
 __all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "AssociationPolicy",
-           "Listener", "NODELAY_HANDLERS", "make_ae", "nodelay", "storage_contexts"]
+           "Listener", "NODELAY_HANDLERS", "make_ae", "nodelay", "refusal_text",
+           "storage_contexts"]

@@ -128,6 +128,16 @@ def nodelay(event) -> None:
 NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, nodelay)]
 
 
+def refusal_text(assoc, where: str) -> str:
+    """Why an association the box requested from ``where`` (AE@host:port) is
+    not established."""
+    if assoc.is_rejected:
+        return f"association rejected by {where}"
+    if getattr(assoc.acceptor, "primitive", None) is None:
+        return f"cannot connect to {where} (no association response)"
+    return f"association aborted by {where}"
+
+
 def _on_conn_open(event, policy: AssociationPolicy) -> None:
     nodelay(event)
     event.assoc.acse = PolicyACSE(event.assoc, policy)

@@ -38,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from ..dimse import NODELAY_HANDLERS, make_ae
+from ..dimse import NODELAY_HANDLERS, make_ae, refusal_text
 from ..lifecycle import Worker
 from ..store.db import Migration
 
@@ -329,11 +329,7 @@ class Retriever(Worker):
         assoc = ae.associate(source.host, source.port, ae_title=source.ae_title,
                              evt_handlers=NODELAY_HANDLERS)
         if not assoc.is_established:
-            if assoc.is_rejected:
-                return Outcome(FAILED, f"association rejected by {where}")
-            if getattr(assoc.acceptor, "primitive", None) is None:
-                return Outcome(FAILED, f"cannot connect to {where}")
-            return Outcome(FAILED, f"association aborted by {where}")
+            return Outcome(FAILED, refusal_text(assoc, where))
         self._assoc = assoc
         try:
             self._model = STUDY_ROOT_MOVE if row["study_instance_uid"] else STUDY_ROOT_FIND

@@ -27,7 +27,7 @@ import time
 
 from pydicom.dataset import Dataset
 
-from ..dimse import NODELAY_HANDLERS, make_ae
+from ..dimse import NODELAY_HANDLERS, make_ae, refusal_text
 from ..dimse import status as st
 from ..lifecycle import Worker
 from . import journal, model
@@ -209,12 +209,7 @@ class RelayWorker(Worker):
                         row["sop_instance_uid"])
 
     def _refusal_text(self, assoc) -> str:
-        where = f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
-        if assoc.is_rejected:
-            return f"association rejected by {where}"
-        if getattr(assoc.acceptor, "primitive", None) is None:
-            return f"cannot connect to {where} (no association response)"
-        return f"association aborted by {where}"
+        return refusal_text(assoc, f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
 
 
 def _rejected_permanently(assoc) -> bool:
