@@ -284,10 +284,8 @@ def cmd_fetch(args) -> int:
     if cfg.media.source(args.source) is None:
         known = ", ".join(s.name for s in cfg.media.sources) or "none is configured"
         raise CliError(f"no source {args.source!r} in media.sources ({known})")
-    from ..media.retrieve import check_key, check_study_uid
-    problem = (check_study_uid(args.study) if args.study else
-               check_key("Accession Number", args.accession, 16) if args.accession else
-               check_key("Patient ID", args.patient_id, 64))
+    from ..media.retrieve import check_request
+    problem = check_request(args.study or "", args.accession or "", args.patient_id or "")
     if problem:
         raise CliError(problem)
     _retrieves_table(_index(cfg))

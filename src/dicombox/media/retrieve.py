@@ -138,6 +138,17 @@ def check_key(name: str, value: str, longest: int) -> str | None:
     return None
 
 
+def check_request(study: str, accession: str, patient_id: str) -> str | None:
+    """Why a fetch of these keys cannot be queued (exactly one must be given), or None."""
+    if sum(map(bool, (study, accession, patient_id))) != 1:
+        return "fetch needs one of a Study Instance UID, an Accession Number or a Patient ID"
+    if study:
+        return check_study_uid(study)
+    if accession:
+        return check_key("Accession Number", accession, 16)
+    return check_key("Patient ID", patient_id, 64)
+
+
 def queue(conn, source: str, study_instance_uid: str, burn: bool, accession_number: str = "",
           patient_id: str = "", parent: int | None = None) -> int:
     """Queue a retrieve (or, without a study, a query) inside the caller's

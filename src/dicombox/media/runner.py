@@ -596,12 +596,7 @@ class JobRunner(Worker):
         if self.media.source(source) is None:
             known = ", ".join(s.name for s in self.media.sources) or "none configured"
             raise ValueError(f"no source {source!r} in media.sources ({known})")
-        if sum(map(bool, (study, accession, patient))) != 1:
-            raise ValueError("fetch needs one of a Study Instance UID, an Accession Number "
-                             "or a Patient ID")
-        problem = (retrieve.check_study_uid(study) if study else
-                   retrieve.check_key("Accession Number", accession, 16) if accession else
-                   retrieve.check_key("Patient ID", patient, 64))
+        problem = retrieve.check_request(study, accession, patient)
         if problem:
             raise ValueError(problem)
         with self.jobs.db.write() as conn:
