@@ -181,6 +181,9 @@ def test_fetch_problems_are_reported_and_nothing_is_burnt(box, netns, pacs, tmp_
     r = cli(config, "media", "fetch", "down", "1.2.3.4", "--follow", check=False)
     assert r.returncode == 1 and "cannot connect to DOWN@127.0.0.1" in r.stdout, r.stdout
 
+    r = cli(config, "media", "fetch-cancel", "99", check=False)
+    assert r.returncode == 1 and "refused: no retrieve 99" in r.stdout, r.stdout
+
     first, second = retrieves(state)
     assert first["state"] == "failed" and first["completed"] == 0
     assert first["message"], first
