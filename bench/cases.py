@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import data, procs
+from . import data, floor, procs
 from .report import median
 
 #: A case that has spent this long stops repeating (it keeps the runs made):
@@ -124,12 +124,26 @@ def receive(ctx: Context, key: str) -> dict:
     receivers = {name: _summary(r) for name, r in runs.items()}
     ours = receivers["router"]["median_seconds"]
     ref = receivers["storescp"]["median_seconds"]
+    flushes = _durability_floor(ctx, key, files)
     return {
         "case": "receive", "dataset": key, "label": ctx.specs[key].name,
         "instances": len(files), "bytes": total, "receivers": receivers,
         "ratio": ref / ours if ours and ref else None,
         "target": RECEIVE_TARGETS.get(key),
+        "durability_floor": flushes,
+        "ceiling": floor.ceiling(ref, flushes),
     }
+
+
+def _durability_floor(ctx: Context, key: str, files: list[Path]) -> dict | None:
+    """The contract's flushes alone (bench/floor.py), median of the repetitions."""
+    ctx.log(f"receive {key}: durability floor")
+    runs = [floor.measure(files, ctx.work / f"floor-{key}") for _ in range(ctx.reps)]
+    runs = [r for r in runs if r is not None]
+    if not runs:
+        return None
+    best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    return {**best, "runs": [r["seconds"] for r in runs]}
 
 
 # -- end to end ----------------------------------------------------------------------

@@ -122,6 +122,13 @@ def verdict(value, target) -> str:
     return "meets target" if value >= target else "below target"
 
 
+def _floor_cell(floor: dict | None) -> str:
+    if not floor:
+        return "-"
+    return (f"{fmt_seconds(floor['seconds'])} "
+            f"({floor['per_instance_seconds'] * 1000:.2f} ms/instance)")
+
+
 def markdown(results: dict) -> str:
     """The summary tables, from the JSON structure written by ``__main__``."""
     lines = [f"# dicombox benchmark ({results['started']})", ""]
@@ -139,7 +146,8 @@ def markdown(results: dict) -> str:
                     names.append(name)
         lines += ["## Receive (DCMTK storescu, one association, loopback)", ""]
         head = "| data set | size | " + " | ".join(names) + \
-               " | router / storescp | target | router peak RSS |"
+               " | router / storescp | target | flushes alone | best with fsync " \
+               "| router peak RSS |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in receive:
             cells = []
@@ -158,9 +166,15 @@ def markdown(results: dict) -> str:
                          + f" | {fmt_ratio(ratio)} | "
                          f"{'>= ' + fmt_ratio(r['target']) if r.get('target') else '-'} "
                          f"{verdict(ratio, r.get('target'))} | "
+                         f"{_floor_cell(r.get('durability_floor'))} | "
+                         f"{fmt_ratio(r.get('ceiling'))} | "
                          f"{fmt_bytes(r['receivers'].get('router', {}).get('max_peak_rss'))} |")
         lines += ["", "CPU: user and system time of the receiving process (all its threads) "
-                  "during the sender's run.", ""]
+                  "during the sender's run. Flushes alone: what the durability contract "
+                  "must still flush after each instance's last byte, measured without "
+                  "network or receiver on the same disk (bench/floor.py), summed over the "
+                  "data set. Best with fsync = storescp / (storescp + flushes alone): no "
+                  "receiver that keeps the contract can do better on this machine.", ""]
     others = [r for r in results["cases"] if r["case"] != "receive"]
     if others:
         lines += ["## End to end, media, transcoding", "",

@@ -49,6 +49,12 @@ def test_bench_smoke_run(tmp_path):
             assert rec["median_seconds"] > 0
         assert c["receivers"]["router"]["max_peak_rss"] > 0
         assert c["ratio"] > 0
+        flushes = c["durability_floor"]
+        assert flushes["measured"] > 0 and flushes["seconds"] > 0
+        assert 0 < c["ceiling"] < 1
+    # Tiny instances are committed with their bytes (the store's journal).
+    tiny = by_case["receive"][0]["durability_floor"]
+    assert tiny["journaled"] == tiny["measured"]
     for name in ("end-to-end", "DICOMDIR", "ISO", "transcode"):
         (case,) = by_case[name]
         if case.get("skipped"):
