@@ -36,6 +36,18 @@ _HANDED_OUT: set[int] = set()
 _RANDOM = random.SystemRandom()  # unaffected by any seed a test sets
 
 
+def tmp_leftovers(tmp_dir: Path) -> list[str]:
+    """What a running service's ``tmp/`` holds besides the few empty receive
+    files it keeps created ahead (``dicombox.dimse.receive``): anything
+    here is a half-written or forgotten file."""
+    from dicombox.dimse import receive
+
+    ahead = [p for p in Path(tmp_dir).iterdir()
+             if p.name.startswith("rx-") and p.is_file() and p.stat().st_size == 0]
+    assert len(ahead) <= receive.POOL_FILES, ahead
+    return sorted(p.name for p in Path(tmp_dir).iterdir() if p not in ahead)
+
+
 def free_port() -> int:
     """A free loopback port, never one this process handed out before (one
     configuration asks for several ports in a row)."""

@@ -8,7 +8,7 @@ import time
 from fwdkit import FAST, destination, queue_json, router_port, sop_uid, storescp_uids, wait_for
 
 from datagen import tiny_instances
-from helpers import dcmtk_env
+from helpers import dcmtk_env, tmp_leftovers
 
 COUNT = 500
 
@@ -102,7 +102,7 @@ def test_kill_during_receive_and_forward(box, netns, peers, tmp_path):
         assert set(got) == expected
         # At least once: duplicates only from sends interrupted by a kill.
         assert len(got) - len(expected) <= kills * 2 * 40
-    assert not list((state / "router" / "tmp").iterdir())
+    assert not tmp_leftovers(state / "router" / "tmp")
 
 
 BACKLOG, BATCH = 600, 10

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from datagen import ct_series, tiny_instances
-from helpers import BoxProcess, dcmtk, dcmtk_env, write_config
+from helpers import BoxProcess, dcmtk, dcmtk_env, tmp_leftovers, write_config
 
 
 def test_disk_full_mid_instance_gets_a_clear_status(tmp_path):
@@ -61,6 +61,6 @@ def test_disk_full_mid_instance_gets_a_clear_status(tmp_path):
         assert len(rows) >= len(small)
         assert len(rows) < len(small) + len(big)
         # Nothing half-written is left behind.
-        assert os.listdir(f"{root}/tmp") == []
+        assert not tmp_leftovers(Path(f"{root}/tmp"))
     finally:
         assert router.stop() == 0

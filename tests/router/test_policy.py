@@ -7,7 +7,7 @@ import pytest
 from pydicom import dcmread
 
 from datagen import ct_series
-from helpers import dcmtk, require
+from helpers import dcmtk, require, tmp_leftovers
 
 
 def _port(router):
@@ -50,7 +50,7 @@ def test_disk_reserve_refuses_with_a700_and_stays_up(box, tmp_path):
     out = r.stdout + r.stderr
     assert "Received Store Response (Refused: OutOfResources)" in out, out
     assert not list((tmp_path / "state" / "router" / "spool").iterdir())
-    assert not list((tmp_path / "state" / "router" / "tmp").iterdir())
+    assert not tmp_leftovers(tmp_path / "state" / "router" / "tmp")
     assert router.proc.poll() is None
     assert dcmtk("echoscu", "-aec", "DICOMBOX", "127.0.0.1", _port(router)).returncode == 0
 
@@ -107,7 +107,7 @@ def test_undecodable_dataset_gets_c210_and_nothing_is_kept(box, tmp_path):
         _config.STORE_SEND_CHUNKED_DATASET = False
     assert status.Status in (0xC210, 0xA900), hex(status.Status)
     assert not list((tmp_path / "state" / "router" / "spool").iterdir())
-    assert not list((tmp_path / "state" / "router" / "tmp").iterdir())
+    assert not tmp_leftovers(tmp_path / "state" / "router" / "tmp")
     assert router.proc.poll() is None
 
 

@@ -7,7 +7,7 @@ import pytest
 from pydicom import dcmread
 
 from datagen import compress, cr_image, ct_series, dataset_bytes, sr_document
-from helpers import dcmtk, require
+from helpers import dcmtk, require, tmp_leftovers
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def _check_spool(state, files):
         assert row["study_instance_uid"] == ds.StudyInstanceUID
         meta = dcmread(stored, stop_before_pixels=True).file_meta
         assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-    assert not list((state / "router" / "tmp").iterdir())
+    assert not tmp_leftovers(state / "router" / "tmp")
     return rows
 
 

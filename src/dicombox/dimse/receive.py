@@ -14,9 +14,12 @@ what the store would otherwise do afterwards by reading the file again:
   so small instances are never re-opened before they are fsync'd;
 - it writes unbuffered to a file created with ``O_EXCL`` in the store's
   ``tmp/`` directory (same file system as the spool: the later rename is
-  atomic), and asks the kernel to start writing large files out while they
-  are still arriving (``sync_file_range``), so the fsync before the answer
-  has little left to do;
+  atomic), taken from a few created ahead by a thread (:class:`_Pool`):
+  creating a file (an inode, a directory entry) took a fifth of the
+  receiving thread's time for a CT slice, and the sender waits for every
+  instance's answer; it asks the kernel to start writing large files out
+  while they are still arriving (``sync_file_range``), so the fsync before
+  the answer has little left to do;
 - beyond the first :data:`INLINE_BYTES`, hashing is done by a lane thread
   (:class:`_Lane`) while the association goes on reading the network and,
   for the last block, while the store fsyncs the file;
@@ -47,6 +50,8 @@ reading the file.
 
 from __future__ import annotations
 
+import atexit
+import collections
 import ctypes
 import ctypes.util
 import hashlib
@@ -57,6 +62,7 @@ import queue
 import secrets
 import struct
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import NamedTuple
@@ -77,10 +83,16 @@ INLINE_BYTES = HEAD_BYTES
 PENDING_BYTES = 8 * 1024 * 1024
 #: Hashing threads shared by every association of the process.
 LANES = 2
+#: Empty receive files kept created ahead in ``tmp/`` (:class:`_Pool`).
+POOL_FILES = 4
+#: A file created ahead is replaced once this old: the services' housekeeping
+#: removes temporary files untouched for an hour, and a file handed out must
+#: never be one of them.
+POOL_MAX_AGE = 60.0
 
 _writers: weakref.WeakValueDictionary[str, SpoolWriter] = weakref.WeakValueDictionary()
 _lock = threading.Lock()
-_state: dict = {"tmp_dir": None, "originals": None}
+_state: dict = {"tmp_dir": None, "originals": None, "pool": None}
 
 
 def _sync_file_range():
@@ -97,6 +109,97 @@ def _sync_file_range():
 
 _SYNC_FILE_RANGE = _sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+def _create(tmp_dir: str, suffix: str) -> tuple[int, str]:
+    """A new empty file in ``tmp_dir``, open for writing: (descriptor, path)."""
+    while True:
+        name = os.path.join(tmp_dir, f"rx-{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+
+
+def _discard(fd: int, name: str) -> None:
+    os.close(fd)
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+class _Pool(threading.Thread):
+    """Keeps :data:`POOL_FILES` empty receive files created ahead in a
+    ``tmp/`` directory, so that a received dataset starts on a file that
+    exists already and the file system's work of creating one (an inode, a
+    directory entry) is done while the association waits for the network.
+
+    A file is handed out at most :data:`POOL_MAX_AGE` seconds after its
+    creation; older ones are replaced.  When the pool is empty (a burst, a
+    full disk) the writer creates its file itself, as before.  Files left
+    created ahead are removed when the pool stops or the process exits,
+    and by the store's start-up recovery after a crash (it empties ``tmp/``).
+    """
+
+    def __init__(self, tmp_dir: str):
+        super().__init__(name="spool-files", daemon=True)
+        self.tmp_dir = tmp_dir
+        self.pid = os.getpid()
+        self._ready: collections.deque[tuple[int, str, float]] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._stopped = False
+
+    def take(self) -> tuple[int, str] | None:
+        """A fresh file created ahead, or ``None``."""
+        with self._cond:
+            self._cond.notify()
+            # The oldest is the first; an old one is left for the pool's
+            # thread to replace.
+            if self._ready and time.monotonic() - self._ready[0][2] < POOL_MAX_AGE:
+                fd, name, _created = self._ready.popleft()
+                return fd, name
+        return None
+
+    def run(self) -> None:
+        while True:
+            stale = []
+            with self._cond:
+                while not self._stopped and len(self._ready) >= POOL_FILES and \
+                        time.monotonic() - self._ready[0][2] < POOL_MAX_AGE / 2:
+                    self._cond.wait(POOL_MAX_AGE / 4)
+                if self._stopped:
+                    return
+                while self._ready and time.monotonic() - self._ready[0][2] >= POOL_MAX_AGE / 2:
+                    stale.append(self._ready.popleft())
+                missing = POOL_FILES - len(self._ready)
+            for fd, name, _created in stale:
+                _discard(fd, name)
+            for _ in range(missing):
+                try:
+                    fd, name = _create(self.tmp_dir, ".dcm")
+                except OSError:
+                    # A full disk or a missing folder: the writers create
+                    # (and report) their own; try again later.
+                    with self._cond:
+                        self._cond.wait(1.0)
+                    break
+                with self._cond:
+                    if self._stopped:
+                        _discard(fd, name)
+                        return
+                    self._ready.append((fd, name, time.monotonic()))
+
+    def stop(self) -> None:
+        """Stop creating and remove the files created ahead."""
+        with self._cond:
+            self._stopped = True
+            ready, self._ready = list(self._ready), collections.deque()
+            self._cond.notify_all()
+        if os.getpid() != self.pid:
+            return  # a forked child: the files are its parent's
+        for fd, name, _created in ready:
+            _discard(fd, name)
 
 
 class _Lane(threading.Thread):
@@ -147,14 +250,10 @@ class SpoolWriter:
     answer with a clear status instead of the association breaking.
     """
 
-    def __init__(self, tmp_dir: str | os.PathLike, suffix: str = ".dcm"):
-        while True:
-            name = os.path.join(tmp_dir, f"rx-{secrets.token_hex(8)}{suffix}")
-            try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                break
-            except FileExistsError:  # pragma: no cover - 64 random bits
-                continue
+    def __init__(self, tmp_dir: str | os.PathLike, suffix: str = ".dcm",
+                 pool: _Pool | None = None):
+        made = pool.take() if pool is not None and suffix == ".dcm" else None
+        fd, name = made or _create(os.fspath(tmp_dir), suffix)
         self._raw = io.FileIO(fd, "wb", closefd=True)
         self.name = name
         self.size = 0
@@ -296,7 +395,16 @@ _REPLACED = {"NamedTemporaryFile": None, "create_file_meta": create_file_meta,
 def _factory(*_args, suffix: str = ".dcm", **_kwargs) -> SpoolWriter:
     tmp_dir = _state["tmp_dir"]
     assert tmp_dir is not None
-    return SpoolWriter(tmp_dir, suffix=suffix)
+    return SpoolWriter(tmp_dir, suffix=suffix, pool=_state["pool"])
+
+
+def _stop_pool() -> None:
+    pool, _state["pool"] = _state["pool"], None
+    if pool is not None:
+        pool.stop()
+
+
+atexit.register(_stop_pool)
 
 
 def install(tmp_dir: Path) -> bool:
@@ -310,6 +418,9 @@ def install(tmp_dir: Path) -> bool:
     if pynetdicom.__version__ != PYNETDICOM_VERSION:
         return False
     _state["tmp_dir"] = str(tmp_dir)
+    _stop_pool()
+    _state["pool"] = _Pool(str(tmp_dir))
+    _state["pool"].start()
     if _state["originals"] is None:
         _state["originals"] = {name: getattr(dimse_messages, name) for name in _REPLACED}
     for name, replacement in _REPLACED.items():
@@ -319,6 +430,7 @@ def install(tmp_dir: Path) -> bool:
 
 def uninstall() -> None:
     """Give pynetdicom its own temporary files and file meta back."""
+    _stop_pool()
     if _state["originals"] is not None:
         for name, original in _state["originals"].items():
             setattr(dimse_messages, name, original)
