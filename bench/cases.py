@@ -175,6 +175,7 @@ def end_to_end(ctx: Context, key: str) -> dict:
             run: dict = {}
             try:
                 orthanc = procs.Orthanc(wd / "orthanc").start()
+                orthanc_cpu = procs.cpu_seconds(orthanc.pid)
                 if mode == "direct":
                     run["seconds"] = procs.storescu(orthanc.port, orthanc.aet,
                                                     folder / "files")
@@ -185,6 +186,7 @@ def end_to_end(ctx: Context, key: str) -> dict:
                         "rules": [{"name": "everything", "destinations": ["orthanc"]}],
                     }).start()
                     procs.reset_peak_rss(router.pid)
+                    router_cpu = procs.cpu_seconds(router.pid)
                     start = time.perf_counter()
                     run["sender_seconds"] = procs.storescu(router.port, router.aet,
                                                            folder / "files")
@@ -195,8 +197,10 @@ def end_to_end(ctx: Context, key: str) -> dict:
                         router._check_alive()
                         time.sleep(0.02)
                     run["seconds"] = time.perf_counter() - start
+                    run["cpu_seconds"] = procs.cpu_seconds(router.pid) - router_cpu
                     run["peak_rss"] = procs.peak_rss(router.pid)
                     ctx.note_rss("router", run["peak_rss"])
+                run["orthanc_cpu_seconds"] = procs.cpu_seconds(orthanc.pid) - orthanc_cpu
                 if orthanc.count() != n:
                     run["error"] = f"Orthanc holds {orthanc.count()} of {n} instances"
             except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
@@ -209,6 +213,9 @@ def end_to_end(ctx: Context, key: str) -> dict:
             (direct_runs if mode == "direct" else routed_runs).append(run)
     ours, ref = _summary(routed_runs), _summary(direct_runs)
     ours["name"], ref["name"] = "via router", "direct"
+    for summary, runs in ((ours, routed_runs), (ref, direct_runs)):
+        summary["median_orthanc_cpu_seconds"] = median(
+            [r.get("orthanc_cpu_seconds") for r in runs if not r.get("error")])
     return {"case": "end-to-end", "label": label, "ours": ours, "reference": ref,
             "ratio": _ratio(ref, ours), "target": E2E_TARGET}
 

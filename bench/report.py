@@ -122,6 +122,17 @@ def verdict(value, target) -> str:
     return "meets target" if value >= target else "below target"
 
 
+def _e2e_cpu(case: dict) -> str:
+    ref, ours = case["reference"], case["ours"]
+    direct, orthanc, router = (ref.get("median_orthanc_cpu_seconds"),
+                               ours.get("median_orthanc_cpu_seconds"),
+                               ours.get("median_cpu_seconds"))
+    if direct is None or orthanc is None or router is None:
+        return ""
+    return (f"{case['label']}: direct, Orthanc {fmt_seconds(direct)}; via router, "
+            f"router {fmt_seconds(router)} + Orthanc {fmt_seconds(orthanc)}")
+
+
 def _floor_cell(floor: dict | None) -> str:
     if not floor:
         return "-"
@@ -197,6 +208,11 @@ def markdown(results: dict) -> str:
                 f"{verdict(r.get('ratio'), target)} | "
                 f"{fmt_bytes(r['ours'].get('max_peak_rss'))} |")
         lines.append("")
+        cpu = [_e2e_cpu(r) for r in others if r["case"] == "end-to-end" and not r.get("skipped")]
+        if any(cpu):
+            lines += [f"End to end, CPU time (median, user and system, all threads) on "
+                      f"{results['machine']['cores']} cores: " + "; ".join(c for c in cpu if c)
+                      + ".", ""]
     by_process = results.get("peak_rss_by_process") or {}
     if by_process:
         listed = ", ".join(f"{name} {fmt_bytes(v)}" for name, v in by_process.items())

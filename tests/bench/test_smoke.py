@@ -55,6 +55,14 @@ def test_bench_smoke_run(tmp_path):
     # Tiny instances are committed with their bytes (the store's journal).
     tiny = by_case["receive"][0]["durability_floor"]
     assert tiny["journaled"] == tiny["measured"]
+    (e2e,) = by_case["end-to-end"]
+    if not e2e.get("skipped"):
+        # (Counted in clock ticks: a few tiny instances may take less than one.)
+        for summary, key in ((e2e["ours"], "median_cpu_seconds"),
+                             (e2e["ours"], "median_orthanc_cpu_seconds"),
+                             (e2e["reference"], "median_orthanc_cpu_seconds")):
+            assert summary[key] is not None and summary[key] >= 0, (key, summary)
+        assert "End to end, CPU time" in r.stdout
     for name in ("end-to-end", "DICOMDIR", "ISO", "transcode"):
         (case,) = by_case[name]
         if case.get("skipped"):
