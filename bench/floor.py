@@ -26,34 +26,25 @@ the contract and answers each C-STORE on its own.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 import time
 from pathlib import Path
 
 from dicombox.store.db import connect
-from dicombox.store.fsutil import fsync_dir
+from dicombox.store.fsutil import (
+    SYNC_FILE_RANGE,
+    SYNC_FILE_RANGE_WAIT_AFTER,
+    SYNC_FILE_RANGE_WAIT_BEFORE,
+    SYNC_FILE_RANGE_WRITE,
+    fsync_dir,
+)
 from dicombox.store.journal import JOURNAL_MAX_BYTES
 
 #: Instances measured at most per data set (evenly spread); the sum is scaled.
 SAMPLE = 400
-_WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 
-def _libc_sync_file_range():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
 
 _TABLE = """CREATE TABLE rows (id INTEGER PRIMARY KEY, sop_instance_uid TEXT UNIQUE,
     study_instance_uid TEXT, series_instance_uid TEXT, sop_class_uid TEXT, path TEXT,
@@ -70,8 +61,9 @@ def _write_out(path: Path, source: Path) -> int:
             view = memoryview(block)
             while view:
                 view = view[os.write(fd, view):]
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, 0, 0, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
+    if SYNC_FILE_RANGE is not None:
+        SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                         | SYNC_FILE_RANGE_WAIT_AFTER)
     return fd
 
 
@@ -79,7 +71,7 @@ def measure(files: list[Path], work: Path) -> dict | None:
     """The floor for ``files`` (seconds, summed over all of them), measured
     in ``work``; ``None`` where the kernel cannot write a range out ahead
     (the best case could not be set up, and a worse one is no floor)."""
-    if _SYNC_FILE_RANGE is None or not files:
+    if SYNC_FILE_RANGE is None or not files:
         return None
     step = max(1, -(-len(files) // SAMPLE))
     sample = files[::step]

@@ -52,8 +52,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import ctypes
-import ctypes.util
 import hashlib
 import io
 import itertools
@@ -70,6 +68,7 @@ from typing import NamedTuple
 import pynetdicom
 from pynetdicom import dimse_messages
 
+from ..store.fsutil import SYNC_FILE_RANGE, SYNC_FILE_RANGE_WRITE
 from .ae import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .reactor import PYNETDICOM_VERSION
 
@@ -95,20 +94,6 @@ _lock = threading.Lock()
 _state: dict = {"tmp_dir": None, "originals": None, "pool": None}
 
 
-def _sync_file_range():
-    """libc's ``sync_file_range`` (Linux), or ``None``."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
 
 
 def _create(tmp_dir: str, suffix: str) -> tuple[int, str]:
@@ -306,11 +291,11 @@ class SpoolWriter:
         except OSError as exc:
             self.error = exc
             return
-        if self.size - self._started >= WRITEBACK_BYTES and _SYNC_FILE_RANGE is not None:
+        if self.size - self._started >= WRITEBACK_BYTES and SYNC_FILE_RANGE is not None:
             # Start writing back what arrived so far; it does not wait for
             # the disk, it only spares the final fsync most of the work.
-            _SYNC_FILE_RANGE(self._raw.fileno(), self._started, self.size - self._started,
-                             _SYNC_FILE_RANGE_WRITE)
+            SYNC_FILE_RANGE(self._raw.fileno(), self._started, self.size - self._started,
+                             SYNC_FILE_RANGE_WRITE)
             self._started = self.size
 
     def _hash_block(self, view: memoryview) -> None:

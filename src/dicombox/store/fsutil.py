@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import tempfile
 from pathlib import Path
+
+#: ``sync_file_range`` flags (linux/fs.h).
+SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
+
+def libc_function(name: str, argtypes: list, restype=ctypes.c_int):
+    """A function of the C library that Python's ``os`` does not offer
+    (``syncfs``, ``sync_file_range``), or ``None`` where libc has none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = getattr(libc, name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = argtypes
+    fn.restype = restype
+    return fn
+
+
+#: ``sync_file_range(fd, offset, nbytes, flags)`` (Linux), or ``None``.
+SYNC_FILE_RANGE = libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -20,13 +20,12 @@ accepts anything, so what was acknowledged is on disk either way.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import threading
 from pathlib import Path
 
-from .fsutil import atomic_write
+from .fsutil import atomic_write, libc_function
 
 LOGGER = logging.getLogger("dicombox.store")
 
@@ -42,18 +41,7 @@ FLUSH_DELAY = 0.1
 FLUSH_BATCH = 1000
 
 
-def _libc_syncfs():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNCFS = _libc_syncfs()
+_SYNCFS = libc_function("syncfs", [ctypes.c_int])
 
 
 def sync_filesystem(path: Path) -> None:
